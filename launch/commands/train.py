@@ -1,0 +1,33 @@
+"""`gantry train CONFIG [key=value ...] [--resume latest|PATH] [--workers N] [--strategy S]`."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a GAN from a YAML config")
+    p.add_argument("config", help="YAML run config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch=32")
+    p.add_argument("--resume", metavar="latest|PATH", help="continue from a checkpoint")
+    p.add_argument("--workers", type=int, help="number of training workers (overrides `workers`)")
+    p.add_argument("--strategy", choices=["single", "ddp", "deepspeed"], help="overrides strategy.kind")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args):
+    from pipeline.config import load_config
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"workers={args.workers}")
+    if args.strategy is not None:
+        overrides.append(f"strategy.kind={args.strategy}")
+    return load_config(args.config, overrides)
+
+
+def run(args) -> int:
+    cfg = config_from_args(args)
+    from launch.local import run_local
+
+    result = run_local(cfg, resume=args.resume)
+    if result:
+        print("gantry: final " + ", ".join(f"{k} {v:g}" for k, v in result.items()))
+    return 0

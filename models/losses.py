@@ -1,0 +1,59 @@
+"""GAN losses and gradient regularizers on D's logits.
+
+Every loss returns a per-sample tensor (B,), reduced by the caller in fp32, so the same
+function serves a loss, a metric and a lazily scaled regularizer.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("logistic", "hinge", "wgan-gp")
+
+
+def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D's loss on a real and a fake batch of logits (same B)."""
+    real, fake = real_logits.float(), fake_logits.float()
+    if kind == "logistic":
+        return F.softplus(-real) + F.softplus(fake)
+    if kind == "hinge":
+        return F.relu(1 - real) + F.relu(1 + fake)
+    if kind == "wgan-gp":
+        return fake - real
+    raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+
+
+def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's loss. 'logistic' is the non-saturating form: G maximises log D(G(z))."""
+    fake = fake_logits.float()
+    if kind == "logistic":
+        return F.softplus(-fake)
+    if kind in ("hinge", "wgan-gp"):
+        return -fake
+    raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+
+
+def _input_grad(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    # fp32 on purpose: squared gradient norms underflow and overflow in half precision.
+    x = x.detach().float().requires_grad_(True)
+    device_type = x.device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        out = D(x).float().sum()
+    (grad,) = torch.autograd.grad(out, x, create_graph=True)
+    return grad.flatten(1)
+
+
+def r1_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): ||grad_x D(x)||^2 on real samples, per sample (B,)."""
+    return _input_grad(D, real).square().sum(1)
+
+
+def gradient_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                     fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): (||grad D||-1)^2 on random interpolates, per sample (B,)."""
+    shape = (real.shape[0],) + (1,) * (real.dim() - 1)
+    t = torch.rand(shape, device=real.device, generator=generator)
+    mixed = t * real.detach().float() + (1 - t) * fake.detach().float()
+    return (_input_grad(D, mixed).norm(dim=1) - 1).square()

@@ -1,0 +1,74 @@
+"""ResNet generator/discriminator with spectral norm for 32x32 (Miyato et al. 2018, SNGAN)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+class _GBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.skip = nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x):
+        h = F.interpolate(F.relu(self.bn1(x)), scale_factor=2)
+        h = self.conv2(F.relu(self.bn2(self.conv1(h))))
+        return h + self.skip(F.interpolate(x, scale_factor=2))
+
+
+class _DBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, down: bool, first: bool):
+        super().__init__()
+        self.first, self.down = first, down
+        self.conv1 = spectral_norm(nn.Conv2d(c_in, c_out, 3, 1, 1))
+        self.conv2 = spectral_norm(nn.Conv2d(c_out, c_out, 3, 1, 1))
+        self.skip = spectral_norm(nn.Conv2d(c_in, c_out, 1))
+
+    def forward(self, x):
+        h = x if self.first else F.relu(x)
+        h = self.conv2(F.relu(self.conv1(h)))
+        s = self.skip(x)
+        if self.down:
+            h, s = F.avg_pool2d(h, 2), F.avg_pool2d(s, 2)
+        return h + s
+
+
+class ResNetGenerator(nn.Module):
+    """z (B, z_dim) -> images (B, channels, 32, 32) in [-1, 1]."""
+
+    def __init__(self, z_dim: int, resolution: int = 32, channels: int = 3, width: int = 128):
+        super().__init__()
+        if resolution != 32:
+            raise ValueError(f"the ResNet pair is built for 32x32, got {resolution}")
+        self.z_dim, self.width = z_dim, width
+        self.fc = nn.Linear(z_dim, 4 * 4 * width)
+        self.blocks = nn.Sequential(*[_GBlock(width, width) for _ in range(3)])
+        self.out = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.blocks(self.fc(z).view(-1, self.width, 4, 4)))
+
+
+class ResNetDiscriminator(nn.Module):
+    """images (B, channels, 32, 32) -> logits (B,)."""
+
+    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 128):
+        super().__init__()
+        if resolution != 32:
+            raise ValueError(f"the ResNet pair is built for 32x32, got {resolution}")
+        self.blocks = nn.Sequential(
+            _DBlock(channels, width, down=True, first=True),
+            _DBlock(width, width, down=True, first=False),
+            _DBlock(width, width, down=False, first=False),
+            _DBlock(width, width, down=False, first=False),
+        )
+        self.fc = spectral_norm(nn.Linear(width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.blocks(x)).sum(dim=(2, 3))
+        return self.fc(h).squeeze(1)

@@ -1,0 +1,198 @@
+"""The run config: a typed schema loaded from YAML plus dotted `key=value` overrides.
+
+Every mistake (unknown key, wrong type, impossible value) becomes one `ConfigError` whose
+message names the key and the file, so the CLI can print one line and exit 2.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The message is one line naming the key and the file."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    arch: Literal["mlp", "dcgan", "resnet", "stylegan2"] = "mlp"
+    z_dim: int = Field(64, gt=0)
+    resolution: int = Field(32, gt=0, description="image side; ignored for 2-D data")
+    g_width: int = Field(64, gt=0, description="base channel width (hidden units for mlp)")
+    d_width: int = Field(64, gt=0)
+    depth: int = Field(3, gt=0, description="hidden layers of the mlp pair")
+    w_dim: int = Field(256, gt=0, description="stylegan2 intermediate latent size")
+    mapping_layers: int = Field(4, gt=0, description="stylegan2 mapping network depth")
+
+    @model_validator(mode="after")
+    def _power_of_two(self):
+        if self.arch != "mlp" and (self.resolution & (self.resolution - 1)) != 0:
+            raise ValueError(f"model.resolution must be a power of two, got {self.resolution}")
+        return self
+
+
+class LossConfig(Section):
+    kind: Literal["logistic", "hinge", "wgan-gp"] = "logistic"
+    r1_gamma: float = Field(0.0, ge=0, description="R1 weight on real images; 0 turns it off")
+    r1_interval: int = Field(16, gt=0, description="lazy R1: every N D steps, scaled by N")
+    gp_weight: float = Field(10.0, ge=0, description="gradient penalty weight for wgan-gp")
+
+
+class OptimConfig(Section):
+    lr: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+
+
+class TrainConfig(Section):
+    kimg: float = Field(100.0, gt=0, description="length of the run in thousands of real images")
+    batch: int = Field(64, gt=0, description="global batch over all workers")
+    n_critic: int = Field(1, gt=0, description="D steps per G step")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    ema_kimg: float = Field(10.0, ge=0, description="EMA half-life of G_ema in kimg; 0 copies G")
+    ema_rampup: Optional[float] = Field(0.05, ge=0, description="half-life <= kimg * rampup")
+    log_every: int = Field(50, gt=0, description="steps between metric logs")
+    eval_kimg: float = Field(10.0, gt=0)
+    checkpoint_kimg: float = Field(25.0, gt=0)
+    keep_checkpoints: int = Field(3, gt=0)
+    out_dir: str = "runs"
+
+
+class DataConfig(Section):
+    source: Literal["toy-ring", "toy-grid", "shards"] = "toy-ring"
+    modes: int = Field(8, gt=0, description="ring: k modes; grid: k*k modes (give k*k)")
+    std: float = Field(0.02, gt=0, description="std of each toy mode")
+    radius: float = Field(2.0, gt=0, description="ring radius / half the grid side")
+    path: Optional[str] = Field(None, description="shard directory with manifest.json")
+    on_error: Literal["skip", "fail"] = "skip"
+    loader_workers: int = Field(1, ge=0)
+    shuffle_buffer: int = Field(1000, ge=0)
+    resampled: bool = Field(False, description="multi-node: resample shards, fixed epoch length")
+    batches_per_epoch: Optional[int] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _shards_need_path(self):
+        if self.source == "shards" and not self.path:
+            raise ValueError("data.path is required when data.source is 'shards'")
+        if self.source == "toy-grid" and round(self.modes ** 0.5) ** 2 != self.modes:
+            raise ValueError(f"data.modes must be a square for toy-grid, got {self.modes}")
+        return self
+
+
+class AugmentConfig(Section):
+    kind: Literal["none", "diffaugment", "ada"] = "none"
+    policy: str = Field("color,translation,cutout", description="DiffAugment ops")
+    ada_target: float = Field(0.6, gt=0, lt=1)
+    ada_interval: int = Field(4, gt=0)
+    ada_kimg: float = Field(100.0, gt=0, description="kimg for p to move by 1")
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    uri: Optional[str] = Field(None, description="MLflow URI; default MLFLOW_TRACKING_URI or ./mlruns.db")
+    experiment: str = "gantry"
+    run_name: Optional[str] = None
+    backlog: int = Field(10000, gt=0, description="records held while the server is down")
+
+
+class StrategyConfig(Section):
+    kind: Literal["single", "ddp", "deepspeed"] = "single"
+    zero_stage: int = Field(0, ge=0, le=3)
+
+
+class RunConfig(Section):
+    name: str = "run"
+    seed: int = 0
+    workers: int = Field(1, gt=0)
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    g_optim: OptimConfig = OptimConfig()
+    d_optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    strategy: StrategyConfig = StrategyConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.train.batch % self.workers:
+            raise ValueError(f"train.batch ({self.train.batch}) is not divisible by workers ({self.workers})")
+        if self.strategy.kind == "deepspeed" and self.strategy.zero_stage == 3 and self.loss.r1_gamma > 0:
+            raise ValueError("strategy.zero_stage 3 cannot run R1 (loss.r1_gamma > 0); use stage 0-2")
+        if self.model.arch == "mlp" and self.data.source == "shards":
+            raise ValueError("model.arch 'mlp' is for 2-D toy data; pick an image arch for shards")
+        if self.model.arch != "mlp" and self.data.source != "shards":
+            raise ValueError(f"model.arch '{self.model.arch}' needs image data (data.source: shards)")
+        return self
+
+    @property
+    def is_toy(self) -> bool:
+        return self.data.source != "shards"
+
+
+def _parse_scalar(text: str) -> Any:
+    """An override value is YAML, so `1e-4`, `true`, `[0.5, 0.9]` and `null` all work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _apply_override(tree: dict, dotted: str, source: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"{source}: override '{dotted}' is not of the form key=value")
+    key, value = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: override key '{key}' goes through a non-section value")
+    node[parts[-1]] = _parse_scalar(value)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{source}: key '{key}': {msg} (got {first.get('input')!r})" if first["loc"] else f"{source}: {msg}"
+
+
+def from_dict(tree: dict, source: str = "<config>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML file (or defaults when path is None) and apply dotted overrides."""
+    source = str(path) if path else "<defaults>"
+    tree: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+    for o in overrides:
+        _apply_override(tree, o, source)
+    return from_dict(tree, source)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

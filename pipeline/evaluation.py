@@ -1,0 +1,50 @@
+"""What the trainer runs at eval intervals: G_ema -> metrics and pictures, logged.
+
+An evaluator is a callable `(G_ema, step, tracker) -> dict of metrics`. It draws from its own
+fixed-seed generator so evaluating never changes the training RNG stream (exact resume).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.metrics.mixture import mixture_scores
+from pipeline.tracking import Tracker
+from pipeline.visuals import image_grid, save_png, scatter_image
+
+
+@torch.no_grad()
+def generate(G, n: int, z_dim: int, seed: int, batch: int = 1000) -> torch.Tensor:
+    device = next(G.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, z_dim, generator=gen)
+    return torch.cat([G(z[i:i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+
+
+class MixtureEvaluator:
+    def __init__(self, centers: torch.Tensor, std: float, z_dim: int, n: int = 10_000, seed: int = 12345):
+        self.centers, self.std, self.z_dim, self.n, self.seed = centers, std, z_dim, n, seed
+
+    def __call__(self, G, step: int, tracker: Tracker) -> dict[str, float]:
+        points = generate(G, self.n, self.z_dim, self.seed)
+        scores = mixture_scores(points, self.centers, self.std)
+        tracker.log_metrics({f"eval/{k}": v for k, v in scores.items()}, step)
+        tracker.log_image(scatter_image(points[:2000], self.centers), "samples", step)
+        return scores
+
+
+class ImageEvaluator:
+    def __init__(self, z_dim: int, run_dir: Path, n_grid: int = 64, seed: int = 12345):
+        self.z_dim, self.run_dir, self.n_grid, self.seed = z_dim, Path(run_dir), n_grid, seed
+
+    def __call__(self, G, step: int, tracker: Tracker) -> dict[str, float]:
+        grid = image_grid(generate(G, self.n_grid, self.z_dim, self.seed))
+        save_png(grid, self.run_dir / "samples" / f"grid-{step:09d}.png")
+        tracker.log_image(grid, "samples", step)
+        return {}
+
+
+def no_evaluation(G, step: int, tracker: Tracker) -> dict[str, float]:
+    """For ranks other than 0: rank 0 evaluates and logs for everyone."""
+    return {}

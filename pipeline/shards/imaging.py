@@ -1,0 +1,86 @@
+"""Pixels in and out of shards: fit an image to the shard resolution, PNG encode and decode.
+
+Images travel as uint8 arrays of shape (H, W, C), C in {1, 3}.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import GantryError
+
+FILTERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
+           "lanczos": Image.Resampling.LANCZOS}
+_MODES = {1: "L", 3: "RGB"}
+
+
+def transform_name(pad: bool, filter: str) -> str:
+    if filter not in FILTERS:
+        raise GantryError(f"unknown resize filter '{filter}' (choose from {', '.join(FILTERS)})")
+    return "pad" if pad else f"resize:{filter}"
+
+
+def fit(img: np.ndarray, resolution: int, transform: str) -> np.ndarray:
+    """Bring one (H, W, C) image to (R, R, C).
+
+    "pad" zero-pads around the centre and leaves every source pixel unchanged (MNIST 28 -> 32);
+    "resize:<filter>" centre-crops to a square, then resamples with the named PIL filter.
+    """
+    h, w, c = img.shape
+    if transform == "pad":
+        if h > resolution or w > resolution:
+            raise GantryError(f"cannot pad a {h}x{w} image to {resolution}x{resolution}; "
+                              f"resize it instead (drop --pad)")
+        out = np.zeros((resolution, resolution, c), np.uint8)
+        top, left = (resolution - h) // 2, (resolution - w) // 2
+        out[top:top + h, left:left + w] = img
+        return out
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    img = img[top:top + side, left:left + side]
+    if side == resolution:
+        return np.ascontiguousarray(img)
+    pil = Image.fromarray(img[..., 0] if c == 1 else img, _MODES[c])
+    out = np.asarray(pil.resize((resolution, resolution), FILTERS[transform.split(":", 1)[1]]))
+    return out.reshape(resolution, resolution, c)
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """Lossless and byte-for-byte deterministic for a given Pillow/zlib: no timestamps, fixed level."""
+    buf = io.BytesIO()
+    Image.fromarray(img[..., 0] if img.shape[2] == 1 else img, _MODES[img.shape[2]]).save(
+        buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes, resolution: int, channels: int) -> np.ndarray:
+    """PNG bytes -> (R, R, C) uint8. Raises ValueError saying what is wrong with the sample."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            mode = im.mode
+            arr = np.asarray(im)
+    except Exception as e:  # Pillow raises many types for corrupt files
+        raise ValueError(f"undecodable image ({type(e).__name__}: {e})") from None
+    if mode != _MODES[channels]:
+        raise ValueError(f"image mode {mode}, expected {_MODES[channels]}")
+    arr = arr.reshape(arr.shape[0], arr.shape[1], channels)
+    if arr.shape != (resolution, resolution, channels):
+        raise ValueError(f"image is {arr.shape[0]}x{arr.shape[1]}, expected {resolution}x{resolution}")
+    return arr
+
+
+def decode_sample(files: dict, resolution: int, channels: int, labels) -> tuple[np.ndarray, int]:
+    """A grouped shard sample ({ext: bytes}) -> (image, label). ValueError says why it is unusable."""
+    missing = {"png", "cls"} - files.keys()
+    if missing:
+        raise ValueError(f"missing {', '.join(sorted(missing))}")
+    try:
+        label = int(files["cls"])
+    except ValueError:
+        raise ValueError(f"label {files['cls'][:20]!r} is not an integer") from None
+    if label not in labels:
+        raise ValueError(f"label {label} is not in the manifest's label set")
+    return decode_png(files["png"], resolution, channels), label

@@ -1,0 +1,99 @@
+"""manifest.json: what a shard directory holds, and the hashes that prove it is intact."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import GantryError
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    url: str            # file name relative to the manifest's directory
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    name: str                     # shard file prefix
+    version: int                  # data version: 1 at build, +1 per `add`
+    resolution: int
+    channels: int                 # 1 (L) or 3 (RGB)
+    transform: str                # "pad" or "resize:<filter>"
+    shard_size: int
+    classes: dict[int, str]       # label -> class name
+    sources: list[dict]           # one record per build/add: source, samples, version, shards
+    shards: list[ShardEntry]
+    root: Path = field(default=Path("."), compare=False)   # directory the urls are relative to
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    def path(self, entry: ShardEntry) -> Path:
+        return self.root / entry.url
+
+    def entry(self, url: str) -> ShardEntry:
+        """The entry for a shard given by file name or by any path ending in it."""
+        name = Path(url).name
+        for e in self.shards:
+            if e.url == name:
+                return e
+        raise GantryError(f"shard {url} is not listed in {self.root / MANIFEST}")
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d.pop("root")
+        d["classes"] = {str(k): v for k, v in sorted(self.classes.items())}
+        d["samples"] = self.samples
+        return json.dumps({"format": FORMAT, **d}, indent=1) + "\n"
+
+    def save(self) -> None:
+        """Atomically replace manifest.json: a reader sees the old or the new one, never half."""
+        tmp = self.root / (MANIFEST + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(self.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / MANIFEST)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read a manifest from its file or its directory; any flaw is one GantryError."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST
+    if not p.is_file():
+        raise GantryError(f"{p}: no shard manifest (build one with `gantry shards build`)")
+    try:
+        d = json.loads(p.read_text())
+        if d.pop("format") != FORMAT:
+            raise ValueError("unknown manifest format")
+        d.pop("samples", None)
+        d["shards"] = [ShardEntry(**s) for s in d["shards"]]
+        d["classes"] = {int(k): v for k, v in d["classes"].items()}
+        return Manifest(**d, root=p.parent)
+    except (ValueError, KeyError, TypeError) as e:
+        raise GantryError(f"{p}: not a valid shard manifest ({e})") from None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_shard_bytes(entry: ShardEntry, data: bytes) -> str | None:
+    """Why these bytes are not the shard the manifest describes, or None when they are."""
+    if len(data) != entry.bytes:
+        return f"is {len(data)} bytes, manifest says {entry.bytes} (truncated or rewritten)"
+    if sha256_bytes(data) != entry.sha256:
+        return "sha256 does not match the manifest (file changed on disk)"
+    return None

@@ -1,0 +1,69 @@
+"""Re-hash every shard and decode every sample; report what is wrong instead of stopping."""
+from __future__ import annotations
+
+import io
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.shards.imaging import decode_sample
+from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
+
+
+@dataclass
+class Report:
+    manifest: Manifest
+    shards: int = 0
+    samples: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        m = self.manifest
+        head = (f"{m.root}: {self.shards}/{len(m.shards)} shards, {self.samples}/{m.samples} samples "
+                f"checked, {m.resolution}x{m.resolution}x{m.channels}, version {m.version}")
+        return [head] + [f"  PROBLEM {p}" for p in self.problems] + [
+            "OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)"]
+
+
+def _read_samples(data: bytes) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for info in tar:
+            if info.isreg():
+                key, _, ext = info.name.partition(".")
+                samples.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    return samples
+
+
+def verify_shards(out: str | Path) -> Report:
+    m = load_manifest(out)
+    report = Report(m)
+    for entry in m.shards:
+        path = m.path(entry)
+        if not path.is_file():
+            report.problems.append(f"{entry.url}: missing on disk")
+            continue
+        data = path.read_bytes()
+        why = check_shard_bytes(entry, data)
+        if why:
+            report.problems.append(f"{entry.url}: {why}")
+            continue
+        try:
+            samples = _read_samples(data)
+        except (tarfile.TarError, EOFError) as e:
+            report.problems.append(f"{entry.url}: unreadable tar ({e})")
+            continue
+        report.shards += 1
+        for key, files in samples.items():
+            try:
+                decode_sample(files, m.resolution, m.channels, m.classes)
+                report.samples += 1
+            except ValueError as e:
+                report.problems.append(f"{entry.url}: sample {key}: {e}")
+        if len(samples) != entry.samples:
+            report.problems.append(f"{entry.url}: holds {len(samples)} samples, manifest says {entry.samples}")
+    return report

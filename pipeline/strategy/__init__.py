@@ -1,0 +1,20 @@
+"""How one worker holds, runs and updates G and D. The trainer sees only `Strategy`.
+
+`single` is one process; `ddp` and `deepspeed` spread the same calls over a process group.
+Nothing outside this package knows which one runs.
+"""
+from __future__ import annotations
+
+from pipeline.config import RunConfig
+from pipeline.strategy.base import Strategy
+
+
+def make_strategy(cfg: RunConfig) -> Strategy:
+    kind = cfg.strategy.kind
+    if kind == "single":
+        from pipeline.strategy.single import SingleStrategy
+        return SingleStrategy()
+    raise ValueError(f"strategy {kind!r} is not available in this build")
+
+
+__all__ = ["Strategy", "make_strategy"]

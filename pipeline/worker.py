@@ -1,0 +1,86 @@
+"""Everything one training worker does, whoever launched it (local process or Ray Train):
+build the strategy, data stream, tracker and trainer from the config; resume; train; close."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import checkpoint
+from pipeline.config import RunConfig, to_yaml
+from pipeline.evaluation import ImageEvaluator, MixtureEvaluator, no_evaluation
+from pipeline.mixtures import MixtureStream
+from pipeline.strategy import Strategy, make_strategy
+from pipeline.tracking import Tracker
+from pipeline.trainer import Trainer
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    return Path(cfg.train.out_dir) / cfg.name
+
+
+def make_stream(cfg: RunConfig, rank: int, world_size: int, shard_urls: list[str] | None = None):
+    local_batch = cfg.train.batch // world_size
+    d = cfg.data
+    if cfg.is_toy:
+        return MixtureStream(d.source, d.modes, d.std, d.radius, local_batch, seed=cfg.seed * 7919 + rank)
+    from pipeline.data import ShardStream
+    return ShardStream.from_config(d, rank=rank, world_size=world_size, seed=cfg.seed,
+                                   batch=local_batch, shards=shard_urls)
+
+
+def make_tracker(cfg: RunConfig, rank: int, resume_run_id: str | None) -> Tracker:
+    if rank != 0 or not cfg.tracking.enabled:
+        return Tracker()
+    from pipeline.tracking.mlflow_tracker import MLflowTracker
+    return MLflowTracker(cfg.tracking, run_name=cfg.tracking.run_name or cfg.name, resume_run_id=resume_run_id)
+
+
+def make_evaluator(cfg: RunConfig, rank: int, stream, run_dir: Path):
+    if rank != 0:
+        return no_evaluation
+    if cfg.is_toy:
+        return MixtureEvaluator(stream.centers, cfg.data.std, cfg.model.z_dim, seed=cfg.seed + 12345)
+    return ImageEvaluator(cfg.model.z_dim, run_dir, seed=cfg.seed + 12345)
+
+
+def train_worker(cfg: RunConfig, resume: str | None = None, strategy: Strategy | None = None,
+                 shard_urls: list[str] | None = None) -> dict[str, float]:
+    """Train to cfg.train.kimg and return the last evaluation. `resume`: 'latest' or a path."""
+    strategy = strategy or make_strategy(cfg)
+    run_dir = run_dir_for(cfg)
+    ckpt = checkpoint.resolve_checkpoint(resume, run_dir / "checkpoints") if resume else None
+    resume_run_id = checkpoint.read_meta(ckpt).get("tracking_run_id") if ckpt else None
+    stream = make_stream(cfg, strategy.rank, strategy.world_size, shard_urls)
+    tracker = make_tracker(cfg, strategy.rank, resume_run_id)
+    trainer = Trainer(cfg, strategy, stream, tracker, run_dir, make_evaluator(cfg, strategy.rank, stream, run_dir),
+                      channels=stream.channels)
+    if ckpt:
+        trainer.load(ckpt)
+    else:
+        tracker.log_params(_flatten(cfg.model_dump(mode="json")))
+        tracker.set_tags({"strategy": cfg.strategy.kind, "workers": str(cfg.workers),
+                          "precision": trainer.precision.name, "channels_last": str(trainer.precision.channels_last)})
+    if strategy.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        tracker.log_artifact(str(run_dir / "config.yaml"))
+        print(f"gantry: {cfg.name}: precision {trainer.precision.name}, channels_last "
+              f"{trainer.precision.channels_last}, device {strategy.device}, workers {strategy.world_size}"
+              + (f", resumed from {ckpt} at kimg {trainer.kimg:.2f}" if ckpt else ""), flush=True)
+    status = "FAILED"
+    try:
+        result = trainer.train()
+        status = "FINISHED"
+        return result
+    finally:
+        tracker.close(status)
+        strategy.shutdown()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

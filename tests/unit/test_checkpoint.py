@@ -1,0 +1,76 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pipeline.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from pipeline.errors import GantryError
+
+
+def _weights(value: float, n: int = 4):
+    t = torch.full((n,), value)
+    return {"G": {"w": t}, "D": {"w": t * 2}, "G_ema": {"w": t * 3}}
+
+
+def test_round_trip_and_no_pickle(tmp_path):
+    state = {"step": 7, "rng": torch.get_rng_state(), "nested": {"a": [1, 2.5, "x"]}}
+    path = save_checkpoint(tmp_path, 7, _weights(1.5), state, {"step": 7, "config": {}})
+    weights, loaded, meta = load_checkpoint(path)
+    assert torch.equal(weights["G_ema"]["w"], torch.full((4,), 4.5))
+    assert torch.equal(loaded["rng"], state["rng"]) and loaded["nested"] == state["nested"]
+    assert meta["step"] == 7 and json.loads((path / "meta.json").read_text())["step"] == 7
+
+
+def test_keep_prunes_oldest(tmp_path):
+    for step in range(5):
+        save_checkpoint(tmp_path, step, _weights(step), {}, {"step": step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-000000003", "ckpt-000000004"]
+    assert resolve_checkpoint("latest", tmp_path).name == "ckpt-000000004"
+
+
+def test_missing_and_corrupt_are_one_line_errors(tmp_path):
+    with pytest.raises(GantryError, match="no checkpoint"):
+        resolve_checkpoint("latest", tmp_path)
+    with pytest.raises(GantryError, match="not found"):
+        resolve_checkpoint(str(tmp_path / "nope"), tmp_path)
+    path = save_checkpoint(tmp_path, 1, _weights(1.0), {}, {"step": 1})
+    (path / "G.safetensors").write_bytes(b"garbage")
+    with pytest.raises(GantryError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+
+
+WRITER = """
+import sys, torch
+from pipeline.checkpoint import save_checkpoint
+root = sys.argv[1]
+big = {"w": torch.randn(64 * 1024 * 1024 // 4)}   # 64 MB per network: a save takes a while
+for step in range(1, 100):
+    save_checkpoint(root, step, {"G": big, "D": big, "G_ema": big}, {"step": step}, {"step": step}, keep=2)
+"""
+
+
+def test_kill_mid_write_leaves_previous_checkpoint_loadable(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=os.getcwd())
+    try:
+        deadline = time.time() + 120
+        # wait until step 1 is complete and step 2 is being written, then kill hard
+        while time.time() < deadline:
+            if latest_checkpoint(tmp_path) and any(p.name.startswith(".tmp-ckpt-000000002") for p in tmp_path.iterdir()):
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("writer never got to its second checkpoint")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())  # it really died mid-write
+    newest = latest_checkpoint(tmp_path)
+    assert newest.name in ("ckpt-000000001", "ckpt-000000002")
+    weights, state, meta = load_checkpoint(newest)
+    assert weights["G"]["w"].numel() == 64 * 1024 * 1024 // 4 and state["step"] == meta["step"]
