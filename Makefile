@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/gantry train configs/toy-ring.yaml
 
 clean:
-	rm -rf runs mlruns.db mlartifacts .pytest_cache
+	rm -rf runs mlruns.db mlartifacts mlflow-spool .pytest_cache
 
 # The KubeRay CRDs the manifests are validated against, for the KubeRay release you run.
 # Needs the network, so CI never runs it: tests read ../shared/schemas/kuberay-v1.7.0.

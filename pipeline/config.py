@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -93,6 +93,43 @@ class AugmentConfig(Section):
     ada_interval: int = Field(4, gt=0)
     ada_kimg: float = Field(100.0, gt=0, description="kimg for p to move by 1")
 
+    @field_validator("policy")
+    @classmethod
+    def _known_ops(cls, v: str) -> str:
+        from models.augment import parse_policy
+        parse_policy(v)  # its ValueError names the unknown op
+        return v
+
+
+class EvalConfig(Section):
+    metrics: list[Literal["fid", "kid", "pr", "coverage"]] = Field(
+        ["fid", "coverage"], description="image metrics at each eval (shards only); [] for grids only")
+    features: Literal["inception", "classifier"] = Field(
+        "classifier", description="feature space of fid/kid/pr; inception is ~0.4 s/image on a CPU")
+    n_fake: int = Field(5000, gt=0, description="generated images per evaluation")
+    n_real: Optional[int] = Field(10000, gt=0, description="real images for the cached statistics; null: all")
+    kid_subsets: int = Field(100, gt=0)
+    kid_subset_size: int = Field(1000, gt=1)
+    pr_k: int = Field(3, gt=0, description="k of the k-NN manifolds of precision/recall")
+    classifier_steps: int = Field(1500, gt=0, description="training steps of the domain classifier")
+    cache_dir: Optional[str] = Field(None, description="real statistics + classifier; default <out_dir>/.cache")
+
+
+class HealthConfig(Section):
+    enabled: bool = True
+    policy: Literal["warn", "stop", "rollback"] = "warn"
+    window: int = Field(20, ge=4, description="log reports the D-collapse rule looks back over")
+    d_floor: float = Field(0.05, ge=0, description="D loss below this counts as ~0; 0 turns the rule off")
+    g_rise: float = Field(1.0, gt=0, description="G loss rise over the window that, with D ~ 0, is divergence")
+    max_loss: float = Field(50.0, ge=0, description="mean D or G loss above this is divergence; 0 turns it off")
+    max_skipped: float = Field(0.5, gt=0, le=1, description="share of skipped (non-finite) steps that is divergence")
+    collapse_ratio: float = Field(0.3, gt=0, lt=1, description="diversity below ratio x baseline: mode collapse")
+    warmup: int = Field(3, ge=1, description="diversity readings that seed the baseline")
+    baseline_beta: float = Field(0.9, ge=0, lt=1, description="EMA factor of the diversity baseline")
+    diversity_samples: int = Field(64, ge=2, description="fixed latents whose images are compared")
+    lr_scale: float = Field(0.5, gt=0, le=1, description="rollback: multiply both learning rates by this")
+    max_rollbacks: int = Field(3, ge=0, description="rollbacks before the run stops instead")
+
 
 class TrackingConfig(Section):
     enabled: bool = True
@@ -107,6 +144,14 @@ class StrategyConfig(Section):
     zero_stage: int = Field(0, ge=0, le=3)
 
 
+class RetrainConfig(Section):
+    """`gantry retrain`: warm-start a challenger from the registry's champion, keep the better."""
+    kimg: float = Field(50.0, gt=0, description="kimg the challenger trains beyond the champion")
+    min_improvement: float = Field(0.0, ge=0, description="quality_score margin a challenger must beat the champion by")
+    model_name: Optional[str] = Field(None, description="registered model; default: the run name")
+    lock_path: Optional[str] = Field(None, description="lock file; default <train.out_dir>/<name>.retrain.lock")
+
+
 class RunConfig(Section):
     name: str = "run"
     seed: int = 0
@@ -118,8 +163,11 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
+    eval: EvalConfig = EvalConfig()
+    health: HealthConfig = HealthConfig()
     tracking: TrackingConfig = TrackingConfig()
     strategy: StrategyConfig = StrategyConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -14,6 +14,16 @@ from pipeline.tracking import Tracker
 from pipeline.visuals import image_grid, save_png, scatter_image
 
 
+def quality_score(metrics: dict[str, float]) -> float | None:
+    """One number, higher is better, to pick the best checkpoint: -FID for images; for toy
+    data modes covered first, then % high-quality samples."""
+    if "fid" in metrics:
+        return -metrics["fid"]
+    if "modes_covered" in metrics:
+        return metrics["modes_covered"] * 1000 + metrics["hq_pct"]
+    return None
+
+
 @torch.no_grad()
 def generate(G, n: int, z_dim: int, seed: int, batch: int = 1000) -> torch.Tensor:
     device = next(G.parameters()).device
@@ -29,20 +39,31 @@ class MixtureEvaluator:
     def __call__(self, G, step: int, tracker: Tracker) -> dict[str, float]:
         points = generate(G, self.n, self.z_dim, self.seed)
         scores = mixture_scores(points, self.centers, self.std)
-        tracker.log_metrics({f"eval/{k}": v for k, v in scores.items()}, step)
+        tracker.log_metrics(scores, step)
         tracker.log_image(scatter_image(points[:2000], self.centers), "samples", step)
         return scores
 
 
 class ImageEvaluator:
-    def __init__(self, z_dim: int, run_dir: Path, n_grid: int = 64, seed: int = 12345):
+    """A sample grid of fixed latents every time, plus `metrics` (an ImageMetrics, or None)
+    on `n_fake` generated images."""
+
+    def __init__(self, z_dim: int, run_dir: Path, metrics=None, n_fake: int = 5000, features: str = "classifier",
+                 n_grid: int = 64, seed: int = 12345):
         self.z_dim, self.run_dir, self.n_grid, self.seed = z_dim, Path(run_dir), n_grid, seed
+        self.metrics, self.n_fake, self.features = metrics, n_fake, features
 
     def __call__(self, G, step: int, tracker: Tracker) -> dict[str, float]:
         grid = image_grid(generate(G, self.n_grid, self.z_dim, self.seed))
         save_png(grid, self.run_dir / "samples" / f"grid-{step:09d}.png")
         tracker.log_image(grid, "samples", step)
-        return {}
+        if self.metrics is None:
+            return {}
+        scores = self.metrics.score(generate(G, self.n_fake, self.z_dim, self.seed + 1, batch=250))
+        if f"fid_{self.features}" in scores:
+            scores["fid"] = scores[f"fid_{self.features}"]  # the headline number, in the configured space
+        tracker.log_metrics(scores, step)
+        return scores
 
 
 def no_evaluation(G, step: int, tracker: Tracker) -> dict[str, float]:

@@ -23,11 +23,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.augment import Augment
 from models.ema import ema_beta, update_ema
 from models.losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from pipeline import checkpoint
 from pipeline.build import build_networks, build_optimizer
 from pipeline.config import RunConfig
+from pipeline.errors import GantryError
+from pipeline.evaluation import quality_score
+from pipeline.health import Decision, HealthMonitor
 from pipeline.precision import choose_precision
 from pipeline.strategy import Strategy
 from pipeline.tracking import Tracker
@@ -59,17 +63,26 @@ class Trainer:
         fmt = torch.channels_last if self.precision.channels_last else torch.preserve_format
         G, D = G.to(self.device, memory_format=fmt), D.to(self.device, memory_format=fmt)
         self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-        strategy.setup({"G": G, "D": D},
-                       {"G": build_optimizer(G.parameters(), cfg.g_optim),
-                        "D": build_optimizer(D.parameters(), cfg.d_optim)},
-                       self.precision)
+        self.optimizers = {"G": build_optimizer(G.parameters(), cfg.g_optim),
+                           "D": build_optimizer(D.parameters(), cfg.d_optim)}
+        strategy.setup({"G": G, "D": D}, self.optimizers, self.precision)
+        a = cfg.augment
+        self.augment = Augment(a.kind, a.policy, a.ada_target, a.ada_interval, a.ada_kimg)
+        self.health = HealthMonitor.from_config(cfg.health) if cfg.health.enabled else None
+        if self.health and cfg.loss.kind == "wgan-gp":
+            self.health.d_floor = self.health.max_loss = 0.0  # critic values are unbounded by design
+        self.lr_scale = 1.0  # lowered by health rollbacks
         torch.manual_seed(cfg.seed * 1009 + strategy.rank)  # each rank draws its own latents
         self.phases = self._phases()
         self.step = 0
         self.nimg = 0
         self.last_eval: dict[str, float] = {}
+        self.best_score: float | None = None
         self._sums: dict[str, torch.Tensor] = {}
         self._real: torch.Tensor | None = None
+        # Called on every rank after each save (path on rank 0, None elsewhere); launchers use
+        # it to report checkpoints, e.g. to Ray Train.
+        self.on_checkpoint: Callable[[Path | None, dict], None] | None = None
 
     # ---- phases -------------------------------------------------------------------------
 
@@ -95,22 +108,23 @@ class Trainer:
         self._real = self._next_real()
         with self.precision.autocast():
             fake = G(self._latents(len(self._real)))  # an epoch's last batch may be short
-            real_logits, fake_logits = D(self._real), D(fake)
+            real_logits, fake_logits = D(self.augment(self._real)), D(self.augment(fake))
+        self.augment.observe(real_logits, batch=self.cfg.train.batch, reduce=self.strategy.all_reduce_mean)
         loss = d_loss(self.cfg.loss.kind, real_logits, fake_logits)
         stats = {"D_real": real_logits.detach().float().mean(), "D_fake": fake_logits.detach().float().mean()}
         if self.cfg.loss.kind == "wgan-gp":
-            gp = gradient_penalty(D, self._real, fake)
+            gp = gradient_penalty(lambda x: D(self.augment(x)), self._real, fake)
             loss = loss + self.cfg.loss.gp_weight * gp
             stats["gp"] = gp.detach().mean()
         return loss, stats
 
     def _d_r1(self, G, D):
-        r1 = r1_penalty(D, self._real)
+        r1 = r1_penalty(lambda x: D(self.augment(x)), self._real)
         return r1 * (self.cfg.loss.r1_gamma / 2), {"r1": r1.detach().mean()}
 
     def _g_main(self, G, D):
         with self.precision.autocast():
-            fake_logits = D(G(self._latents(self.local_batch)))
+            fake_logits = D(self.augment(G(self._latents(self.local_batch))))
         return g_loss(self.cfg.loss.kind, fake_logits), {}
 
     # ---- one step -----------------------------------------------------------------------
@@ -147,7 +161,9 @@ class Trainer:
     def _read_metrics(self) -> dict[str, float]:
         sums = {k: self.strategy.all_reduce_mean(v).item() for k, v in self._sums.items()}
         self._sums = {}
-        out = {}
+        runs = sum(v for k, v in sums.items() if k.endswith(("/count", "/skipped")))
+        skipped = sum(v for k, v in sums.items() if k.endswith("/skipped"))
+        out = {"skipped_share": skipped / max(runs, 1e-12)}
         for k, v in sums.items():
             phase, stat = k.split("/", 1)
             if stat == "skipped":
@@ -180,11 +196,20 @@ class Trainer:
                 metrics = self._read_metrics()
                 metrics["img_per_s"] = (self.nimg - window_nimg) / max(now - window_t, 1e-9)
                 metrics["kimg"] = self.kimg
-                metrics["lr_G"], metrics["lr_D"] = cfg.g_optim.lr, cfg.d_optim.lr
+                metrics["lr_G"], metrics["lr_D"] = cfg.g_optim.lr * self.lr_scale, cfg.d_optim.lr * self.lr_scale
+                metrics["augment_p"] = self.augment.p
                 window_t, window_nimg = now, self.nimg
-                self.tracker.log_metrics(metrics, self.step)
+                if self.step >= self.tracker.start_step:  # a resumed run already logged up to there
+                    self.tracker.log_metrics(metrics, self.step)
                 bar.set_postfix({"img/s": f"{metrics['img_per_s']:.0f}"}, refresh=False)
                 bar.update(min(self.nimg, total_nimg) - bar.n)
+                if self.health and self._respond(self.health.check_losses(
+                        self.step, metrics.get("D_main/loss", 0.0), metrics.get("G_main/loss", 0.0),
+                        metrics["skipped_share"], {k: v for k, v in metrics.items() if k.endswith("grad_norm")})):
+                    bar.reset(total_nimg)
+                    bar.update(self.nimg)
+                    window_nimg = self.nimg
+                    continue
             if self._crossed(cfg.train.eval_kimg, before) or done:
                 self.evaluate()
             if self._crossed(cfg.train.checkpoint_kimg, before) or done:
@@ -193,40 +218,83 @@ class Trainer:
         return self.last_eval
 
     def evaluate(self) -> dict[str, float]:
+        if self.health:
+            z = torch.randn(self.cfg.health.diversity_samples, self.cfg.model.z_dim,
+                            generator=torch.Generator().manual_seed(self.cfg.seed + 777))
+            with torch.no_grad():
+                self._respond(self.health.check_diversity(self.step, self.G_ema(z.to(self.device))))
         self.last_eval = self.evaluator(self.G_ema, self.step, self.tracker)
         if self.last_eval:
             tqdm.write(f"kimg {self.kimg:.1f}: " + ", ".join(f"{k} {v:g}" for k, v in self.last_eval.items()))
         return self.last_eval
 
+    def _respond(self, decision: Decision) -> bool:
+        """Act on a health decision; True when the run was rolled back to a checkpoint."""
+        if decision.ok:
+            return False
+        tqdm.write(f"gantry: health {decision.action}: {decision.problem}: {decision.reason}")
+        self.tracker.log_metrics({f"health/{decision.problem}": 1.0}, self.step)
+        self.tracker.set_tags({"health_last_event": f"{decision.action}: {decision.reason}"[:5000]})
+        if decision.action == "warn":
+            return False
+        last_good = checkpoint.latest_checkpoint(self.run_dir / "checkpoints")
+        if decision.action == "stop" or last_good is None:
+            raise GantryError(f"training stopped by the health monitor: {decision.reason}"
+                              + ("" if decision.action == "stop" else " (no checkpoint to roll back to)"))
+        lr_scale = self.lr_scale * decision.lr_scale
+        self.load(last_good)
+        self.set_lr_scale(lr_scale)
+        self._sums = {}
+        tqdm.write(f"gantry: rolled back to {last_good.name}, learning rates x{lr_scale:g}")
+        return True
+
+    def set_lr_scale(self, scale: float) -> None:
+        self.lr_scale = scale
+        base = {"G": self.cfg.g_optim.lr, "D": self.cfg.d_optim.lr}
+        for name, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = base[name] * scale
+
     # ---- checkpoints --------------------------------------------------------------------
 
     def save(self) -> Path | None:
         self.strategy.barrier()
+        state = self._state()  # collective: gathers every rank's data position and RNG
         path = None
+        score = quality_score(self.last_eval)
+        improved = score is not None and (self.best_score is None or score > self.best_score)
+        if improved:
+            self.best_score = score
         if self.strategy.rank == 0:
             weights = {"G": self.strategy.module("G").state_dict(), "D": self.strategy.module("D").state_dict(),
                        "G_ema": self.G_ema.state_dict()}
             meta = {"step": self.step, "nimg": self.nimg, "kimg": self.kimg, "channels": self.channels,
                     "config": self.cfg.model_dump(mode="json"), "tracking_run_id": self.tracker.run_id,
-                    "eval": self.last_eval, "time": time.time()}
+                    "eval": self.last_eval, "best_score": self.best_score, "time": time.time()}
             path = checkpoint.save_checkpoint(self.run_dir / "checkpoints", self.step, weights,
-                                              self._state(), meta, keep=self.cfg.train.keep_checkpoints)
+                                              state, meta, keep=self.cfg.train.keep_checkpoints)
+            self.tracker.log_artifact(str(path), "checkpoints/latest")
+            if improved:
+                self.tracker.log_artifact(str(path), "checkpoints/best")
         self.strategy.barrier()
+        if self.on_checkpoint:
+            self.on_checkpoint(path, {"step": self.step, "kimg": self.kimg, **self.last_eval})
         return path
 
     def _state(self) -> dict:
         np_state = np.random.get_state(legacy=False)
         return {
-            "step": self.step, "nimg": self.nimg,
+            "step": self.step, "nimg": self.nimg, "lr_scale": self.lr_scale,
+            "augment": self.augment.state_dict(),
             "strategy": self.strategy.state_dict(),
-            "data": self.stream.state_dict(),
-            "rng": {
+            "data": self.strategy.all_gather_object(self.stream.state_dict()),  # by rank
+            "rng": self.strategy.all_gather_object({
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "python": list(random.getstate()[1]),
                 "numpy": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
                 "numpy_pos": int(np_state["state"]["pos"]),
-            },
+            }),
         }
 
     def load(self, path: Path) -> None:
@@ -235,10 +303,15 @@ class Trainer:
         self.strategy.module("D").load_state_dict(weights["D"])
         self.G_ema.load_state_dict(weights["G_ema"])
         self.strategy.load_state_dict(state["strategy"])
-        self.stream.load_state_dict(state["data"])
+        # This rank's entry; a run resumed with more workers gives the new ranks rank 0's.
+        mine = self.strategy.rank if self.strategy.rank < len(state["data"]) else 0
+        self.stream.load_state_dict(state["data"][mine])
         self.step, self.nimg = int(state["step"]), int(state["nimg"])
+        self.augment.load_state_dict(state["augment"])
+        self.set_lr_scale(float(state["lr_scale"]))
         self.last_eval = meta.get("eval", {})
-        rng = state["rng"]
+        self.best_score = meta.get("best_score")
+        rng = state["rng"][mine]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])

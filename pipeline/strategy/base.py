@@ -46,6 +46,10 @@ class Strategy:
     def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
+    def all_gather_object(self, obj) -> list:
+        """Collective: every rank's `obj`, in rank order, on every rank."""
+        return [obj]
+
     def barrier(self) -> None: ...
 
     def no_sync(self, name: str):

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from mnist_helpers import CLASSIFIER_STEPS, mnist_metrics_cache, mnist_shards
+from pipeline.errors import GantryError
+from pipeline.metrics.classifier import class_coverage, load_or_train, train_classifier
+from pipeline.metrics.image_eval import data_key, read_real
+from pipeline.shards import load_manifest
+
+
+def _fail():
+    raise AssertionError("the cached classifier should have been loaded, not retrained")
+
+
+def test_mnist_classifier_is_accurate_and_cached():
+    m = load_manifest(mnist_shards())
+    key = f"{data_key(m)}-s{CLASSIFIER_STEPS}"
+    feats = load_or_train(mnist_metrics_cache(), key, _fail, classes=10, steps=CLASSIFIER_STEPS)
+    assert feats.accuracy > 0.85  # held-out 10 % of the digits
+    images, labels = read_real(m, 1000, seed=7)
+    assert (feats.predict(images) == labels).float().mean() > 0.85
+    f = feats(images)
+    assert f.shape == (1000, feats.dim) and f.dtype == torch.float32 and torch.isfinite(f).all()
+
+
+def test_cache_round_trip_gives_identical_outputs(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (300,), generator=gen)
+    images = labels.view(-1, 1, 1, 1).float().expand(-1, 1, 8, 8) - 1 + 0.1 * torch.randn(300, 1, 8, 8, generator=gen)
+    first = load_or_train(tmp_path, "toy", lambda: (images, labels), classes=3, steps=60)
+    second = load_or_train(tmp_path, "toy", _fail, classes=3, steps=60)
+    assert torch.equal(first(images), second(images)) and second.accuracy == first.accuracy
+    assert {p.name for p in tmp_path.iterdir()} == {"classifier-toy.safetensors", "classifier-toy.json"}
+
+
+def test_single_class_sets_cannot_train_a_classifier():
+    with pytest.raises(GantryError, match="at least 2 classes"):
+        train_classifier(torch.zeros(10, 1, 8, 8), torch.zeros(10, dtype=torch.int64), classes=1)
+
+
+def test_class_coverage():
+    share = torch.full((4,), 0.25)
+    even = class_coverage(torch.arange(400) % 4, share)
+    assert even == {"classes_covered": 4.0, "classes_total": 4.0, "class_tv": 0.0}
+    one = class_coverage(torch.zeros(400, dtype=torch.int64), share)
+    assert one["classes_covered"] == 1 and one["class_tv"] == pytest.approx(0.75)
+    # A class at a tenth of its real share is not covered (threshold: half of it).
+    thin = torch.cat([torch.zeros(130), torch.ones(130), torch.full((130,), 2), torch.full((10,), 3)]).long()
+    assert class_coverage(thin, share)["classes_covered"] == 3

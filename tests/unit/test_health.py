@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+
+from pipeline.config import HealthConfig
+from pipeline.health import HealthMonitor, diversity
+
+
+def _healthy_losses(n, seed=0):
+    """Logistic-loss-like series: D around 1.2, G around 0.9, noisy, no trend."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, 2, generator=g) * 0.1
+    return [(1.2 + a, 0.9 + b) for a, b in noise.tolist()]
+
+
+def _feed(mon, series, start=0):
+    return [mon.check_losses(start + i, d, gl) for i, (d, gl) in enumerate(series)]
+
+
+def test_healthy_series_raises_nothing():
+    mon = HealthMonitor(policy="stop", window=20)
+    assert all(d.ok for d in _feed(mon, _healthy_losses(200)))
+    feats = torch.Generator().manual_seed(1)
+    for step in range(30):
+        batch = torch.randn(64, 16, generator=feats) * (1 + 0.05 * math.sin(step))
+        assert mon.check_diversity(step, batch).ok
+
+
+@pytest.mark.parametrize("where", ["d", "g", "extra"])
+def test_non_finite_is_divergence(where):
+    mon = HealthMonitor(policy="stop")
+    _feed(mon, _healthy_losses(10))
+    d, g, extra = 1.0, 1.0, {"G_main/grad_norm": 3.0}
+    if where == "d":
+        d = float("nan")
+    elif where == "g":
+        g = float("inf")
+    else:
+        extra["G_main/grad_norm"] = float("nan")
+    dec = mon.check_losses(11, d, g, extra=extra)
+    assert dec.action == "stop" and dec.problem == "divergence" and "non-finite" in dec.reason
+
+
+def test_skipped_steps_are_divergence():
+    mon = HealthMonitor(policy="warn", max_skipped=0.5)
+    assert mon.check_losses(1, 1.0, 1.0, skipped=0.2).ok
+    dec = mon.check_losses(2, 1.0, 1.0, skipped=0.6)
+    assert dec.action == "warn" and dec.problem == "divergence" and "skipped" in dec.reason
+
+
+def test_d_collapsing_while_g_climbs_is_divergence():
+    mon = HealthMonitor(policy="stop", window=20, d_floor=0.05, g_rise=1.0)
+    decisions = _feed(mon, _healthy_losses(30))
+    # D's loss falls to ~0 and G's loss climbs: D separates real from fake perfectly.
+    blowup = [(1.2 * 0.7 ** i, 0.9 + 0.3 * i) for i in range(30)]
+    decisions += _feed(mon, blowup, start=30)
+    first_bad = next(i for i, d in enumerate(decisions) if not d.ok)
+    assert 30 + 10 <= first_bad < 60
+    assert decisions[first_bad].problem == "divergence" and "D loss" in decisions[first_bad].reason
+
+
+def test_losses_blowing_up_is_divergence():
+    mon = HealthMonitor(policy="warn", window=6, max_loss=50)
+    _feed(mon, _healthy_losses(6))
+    decisions = _feed(mon, [(300.0, 80.0)] * 3, start=6)
+    assert decisions[-1].action == "warn" and "blew up" in decisions[-1].reason
+    off = HealthMonitor(policy="stop", window=6, max_loss=0)
+    assert all(d.ok for d in _feed(off, [(300.0, 80.0)] * 12))
+
+
+def test_d_near_zero_alone_or_g_rising_alone_is_fine():
+    mon = HealthMonitor(policy="stop", window=20)
+    assert all(d.ok for d in _feed(mon, [(0.01, 5.0)] * 40))            # flat G: D just strong
+    mon = HealthMonitor(policy="stop", window=20)
+    assert all(d.ok for d in _feed(mon, [(1.0, 0.5 + 0.2 * i) for i in range(40)]))  # D still learning
+    mon = HealthMonitor(policy="stop", window=20, d_floor=0.0)          # the wgan setting: rule off
+    assert all(d.ok for d in _feed(mon, [(1e-4 * 0.5 ** i, 0.3 * i) for i in range(40)]))
+
+
+def test_diversity_collapse_is_mode_collapse():
+    mon = HealthMonitor(policy="warn", collapse_ratio=0.3, warmup=3)
+    g = torch.Generator().manual_seed(2)
+    for step in range(10):
+        assert mon.check_diversity(step, torch.randn(64, 16, generator=g)).ok
+    base = mon.baseline
+    assert base == pytest.approx(diversity(torch.randn(4096, 16)), rel=0.1)
+    # Every latent maps to nearly one image.
+    collapsed = torch.randn(1, 16, generator=g) + 0.01 * torch.randn(64, 16, generator=g)
+    dec = mon.check_diversity(10, collapsed)
+    assert dec.action == "warn" and dec.problem == "mode_collapse"
+    assert mon.baseline == base  # a collapsed reading does not drag the baseline down
+    nan = torch.full((64, 16), float("nan"))
+    assert mon.check_diversity(11, nan).problem == "divergence"
+
+
+def test_rollback_policy_lowers_lr_then_stops():
+    mon = HealthMonitor(policy="rollback", lr_scale=0.5, max_rollbacks=2)
+    for i in range(2):
+        dec = mon.check_losses(i, float("nan"), 1.0)
+        assert dec.action == "rollback" and dec.lr_scale == 0.5 and f"rollback {i + 1}/2" in dec.reason
+    dec = mon.check_losses(3, float("nan"), 1.0)
+    assert dec.action == "stop" and "after 2 rollbacks" in dec.reason and dec.lr_scale == 1.0
+
+
+def test_rollback_clears_the_loss_window():
+    mon = HealthMonitor(policy="rollback", window=4, g_rise=0.5)
+    decisions = _feed(mon, [(0.01, 1.0), (0.01, 1.0), (0.01, 2.0), (0.01, 2.0)])
+    assert decisions[-1].action == "rollback"
+    # The restored run reports healthy-looking numbers: the old window must not re-trigger.
+    assert all(d.ok for d in _feed(mon, [(0.01, 2.0)] * 3))
+
+
+def test_policy_and_window_are_validated():
+    with pytest.raises(ValueError, match="policy"):
+        HealthMonitor(policy="panic")
+    with pytest.raises(ValueError, match="window"):
+        HealthMonitor(window=2)
+
+
+def test_from_config():
+    mon = HealthMonitor.from_config(HealthConfig(policy="rollback", window=8, max_rollbacks=1))
+    assert (mon.policy, mon.window, mon.max_rollbacks) == ("rollback", 8, 1)
