@@ -10,7 +10,7 @@ import sys
 from pipeline.config import ConfigError
 from pipeline.errors import GantryError
 
-COMMANDS = ["train", "eval", "sample", "shards", "history", "ui", "tracking", "register", "k8s"]
+COMMANDS = ["train", "eval", "sample", "shards", "history", "ui", "tracking", "register", "k8s", "submit", "jobs", "retrain"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,5 +9,5 @@ from pipeline.worker import train_worker
 def run_local(cfg: RunConfig, resume: str | None = None) -> dict[str, float]:
     if cfg.workers != 1 or cfg.strategy.kind != "single":
         raise GantryError(f"the local launcher runs one worker with strategy 'single' "
-                          f"(got workers={cfg.workers}, strategy={cfg.strategy.kind})")
+                          f"(got workers={cfg.workers}, strategy={cfg.strategy.kind}); use --launcher ray")
     return train_worker(cfg, resume=resume)

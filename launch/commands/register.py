@@ -53,6 +53,7 @@ def run(args) -> int:
         name="G_ema",
         run_id=args.run_id,
         input_example=example,
+        metadata={"z_dim": cfg.model.z_dim},  # what `gantry sample models:/...` needs to draw latents
         registered_model_name=args.name,
         code_paths=[str(Path(models.__file__).parent)],
         # Inferring requirements imports the model in a subprocess; we know them.

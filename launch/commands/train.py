@@ -1,4 +1,9 @@
-"""`gantry train CONFIG [key=value ...] [--resume latest|PATH] [--workers N] [--strategy S]`."""
+"""`gantry train CONFIG [key=value ...] [--resume latest|PATH] [--workers N] [--strategy S]
+[--launcher local|ray] [--address ADDR]`.
+
+Launcher: `ray` (Ray Train workers; the default when workers > 1) or `local` (this process,
+one worker, no Ray; the default when workers == 1).
+"""
 from __future__ import annotations
 
 
@@ -9,6 +14,11 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="latest|PATH", help="continue from a checkpoint")
     p.add_argument("--workers", type=int, help="number of training workers (overrides `workers`)")
     p.add_argument("--strategy", choices=["single", "ddp", "deepspeed"], help="overrides strategy.kind")
+    p.add_argument("--launcher", choices=["local", "ray"],
+                   help="default: ray when workers > 1, local when workers == 1")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)")
+    p.add_argument("--max-failures", type=int, default=3, metavar="N",
+                   help="Ray: restart the worker group from its last checkpoint up to N times")
     p.set_defaults(func=run)
 
 
@@ -25,9 +35,15 @@ def config_from_args(args):
 
 def run(args) -> int:
     cfg = config_from_args(args)
-    from launch.local import run_local
+    launcher = args.launcher or ("ray" if cfg.workers > 1 else "local")
+    if launcher == "ray":
+        from launch.ray_train import run_ray
 
-    result = run_local(cfg, resume=args.resume)
+        result = run_ray(cfg, resume=args.resume, address=args.address, max_failures=args.max_failures)
+    else:
+        from launch.local import run_local
+
+        result = run_local(cfg, resume=args.resume)
     if result:
         print("gantry: final " + ", ".join(f"{k} {v:g}" for k, v in result.items()))
     return 0

@@ -14,6 +14,12 @@ def make_strategy(cfg: RunConfig) -> Strategy:
     if kind == "single":
         from pipeline.strategy.single import SingleStrategy
         return SingleStrategy()
+    if kind == "ddp":
+        from pipeline.strategy.ddp import DDPStrategy
+        return DDPStrategy()
+    if kind == "deepspeed":
+        from pipeline.strategy.deepspeed import DeepSpeedStrategy
+        return DeepSpeedStrategy(cfg.strategy.zero_stage, local_batch=cfg.train.batch // cfg.workers)
     raise ValueError(f"strategy {kind!r} is not available in this build")
 
 

@@ -1,0 +1,99 @@
+"""Training as a Ray job: the Jobs API of a running cluster (its dashboard, `http://HOST:8265`).
+
+The job runs `gantry train CONFIG [overrides] [--workers N]` on the cluster's head node, in a
+copy of the local working directory (uploaded by Ray; `.git/` and `.gitignore`d paths such as
+`.venv/` and `runs/` stay home), so the config and any local edits travel with it. The `gantry` command itself
+must be installed on the cluster (it is in the project's images). Tracking settings travel as
+environment variables: every `MLFLOW_*` and `AWS_*` variable set here, plus any named with
+`--env`. Their values go into the job's runtime env, visible to whoever can read the cluster's
+dashboard, but never into this command's output. A cluster with Ray's token authentication
+needs `RAY_AUTH_MODE=token` and the token (`RAY_AUTH_TOKEN` or `~/.ray/auth_token`) here.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from pipeline.errors import GantryError
+
+PASS_THROUGH_PREFIXES = ("MLFLOW_", "AWS_")
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 60.0
+
+
+def connect(address: str | None):
+    """A JobSubmissionClient for `address` (default RAY_ADDRESS); one-line error if unreachable."""
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise GantryError("no Ray cluster given: pass --address http://HOST:8265 or set RAY_ADDRESS")
+    from ray.exceptions import AuthenticationError
+
+    try:
+        client = JobSubmissionClient(address)
+        client.list_jobs()  # the version check above is open to all; this one needs the token
+    except AuthenticationError:
+        raise GantryError(f"the Ray cluster at {address} wants a token: set RAY_AUTH_MODE=token and its token "
+                          f"in RAY_AUTH_TOKEN or ~/.ray/auth_token") from None
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise GantryError(f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0]}") from None
+    return client
+
+
+def entrypoint(config: str, overrides: list[str], workers: int | None) -> str:
+    words = ["gantry", "train", config, *overrides] + (["--workers", str(workers)] if workers else [])
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def passed_env(extra: list[str]) -> dict[str, str]:
+    """The variables the job gets from this environment (see the module docstring)."""
+    missing = [name for name in extra if name not in os.environ]
+    if missing:
+        raise GantryError(f"--env {missing[0]}: not set in this environment")
+    return {k: v for k, v in os.environ.items() if k.startswith(PASS_THROUGH_PREFIXES) or k in extra}
+
+
+def relative_config(config: str, working_dir: Path) -> str:
+    """CONFIG as the job will see it: a path inside the uploaded working directory."""
+    path = Path(config).resolve()
+    try:
+        return path.relative_to(working_dir.resolve()).as_posix()
+    except ValueError:
+        raise GantryError(f"{config} is outside the working directory {working_dir} that is uploaded; "
+                          f"move it there or pass --working-dir") from None
+
+
+def submit(client, config: str, overrides: list[str], workers: int | None, working_dir: Path,
+           env: dict[str, str]) -> str:
+    """Submit the training job; returns its id."""
+    command = entrypoint(relative_config(config, working_dir), overrides, workers)
+    runtime_env = {"working_dir": str(working_dir), "env_vars": env}
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(entrypoint=command, runtime_env=runtime_env)
+        except RuntimeError as e:  # what the client raises for an HTTP error from the cluster
+            # A head that has just started answers before its node agent is up; that passes.
+            if "No available agent" in str(e) and time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
+            raise GantryError(f"the cluster refused the job: {str(e).splitlines()[0]}") from None
+
+
+def follow(client, job_id: str) -> str:
+    """Stream the job's logs to stdout until it ends; returns its final status."""
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    asyncio.run(tail())
+    # The log stream closes when the job ends, but its status may lag by a moment.
+    while (status := client.get_job_status(job_id).value) not in TERMINAL:
+        time.sleep(0.5)
+    return status

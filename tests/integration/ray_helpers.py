@@ -1,0 +1,35 @@
+"""A small real-MNIST shard set and the `gantry train` command line for the Ray tests."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+BATCH = 32  # global: 16 per worker, so each rank's 512 samples are 32 full batches an epoch
+
+
+def build_mnist(out: Path) -> Path:
+    """1024 real MNIST digits padded to 32x32, in 8 shards of 128 (4 per rank at 2 workers)."""
+    from pipeline.shards import build_shards
+
+    build_shards("mnist", out, 32, shard_size=128, pad=True, limit=1024, workers=1)
+    return out
+
+
+def train_cmd(shards: Path, out_dir: Path, kimg: float, checkpoint_kimg: float, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "launch.cli", "train", "configs/mnist-dcgan.yaml",
+            f"data.path={shards}", f"train.out_dir={out_dir}", f"train.kimg={kimg}", f"train.batch={BATCH}",
+            f"train.checkpoint_kimg={checkpoint_kimg}", "train.eval_kimg=1000", "train.log_every=8",
+            "train.precision=fp32", "tracking.enabled=false", *extra]
+
+
+def final_state(run_dir: Path) -> tuple[dict, dict]:
+    """(meta, state) of the newest checkpoint of a run."""
+    from pipeline import checkpoint
+
+    latest = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+    assert latest is not None, f"no checkpoint under {run_dir}"
+    state = torch.load(latest / "state.pt", weights_only=True)
+    return checkpoint.read_meta(latest), state

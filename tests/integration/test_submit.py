@@ -1,0 +1,149 @@
+"""`gantry submit` / `gantry jobs` against a real Ray head on loopback (its dashboard serves the
+Jobs API), training the toy ring as a job that tracks to the real MLflow test server."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+GANTRY = [sys.executable, "-m", "launch.cli"]
+SMALL = ["train.kimg=4", "train.eval_kimg=2", "train.checkpoint_kimg=2", "train.log_every=5"]
+
+
+def gantry(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*GANTRY, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def jobs_api(address: str, path: str):
+    """GET the Jobs REST API with the head's token. (Ray reads RAY_AUTH_MODE once per process,
+    before this module's fixture sets it, so this process cannot use Ray's own client.)"""
+    request = urllib.request.Request(f"{address}/api/jobs/{path}",
+                                     headers={"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        return json.load(r)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head --block` in its own process group (so it is stopped by PID, never by
+    `ray stop`, which would end every Ray on the machine), with token authentication on and a
+    token of its own that this process and the `gantry` commands get through the environment;
+    yields the Jobs API address."""
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)
+    dashboard = free_port()
+    # Ray's socket paths must stay under 108 bytes: a short temp dir, not pytest's.
+    temp = tempfile.mkdtemp(prefix="gray", dir="/tmp")
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+           f"--port={free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+           "--include-dashboard=true", "--num-cpus=2", "--object-store-memory=300000000",
+           "--node-ip-address=127.0.0.1",
+           # Every port with a fixed default gets a free one: other Ray clusters share this machine.
+           *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                     "runtime-env-agent-port", "metrics-export-port",
+                                                     "ray-client-server-port")),
+           f"--temp-dir={temp}", "--disable-usage-stats"]
+    # The job's `gantry` entrypoint is found on the PATH the head was started with.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    log = open(Path(temp) / "head.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"ray head exited {proc.returncode}; see {temp}/head.log"
+            assert time.monotonic() < deadline, f"Jobs API not up after 120 s; see {temp}/head.log"
+            try:
+                jobs_api(address, "")
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield address
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)  # a graceful drain may take 30 s; nothing here needs it
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.mark.slow
+def test_submit_follow_trains_to_completion_and_tracks(ray_head, mlflow_server, tmp_path):
+    r = gantry("submit", "configs/toy-ring.yaml", *SMALL, "tracking.enabled=true",
+               "tracking.experiment=submitted", f"train.out_dir={tmp_path}", "--address", ray_head, "--follow",
+               env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    job_id = out.split("submitted job ", 1)[1].split()[0]
+    first = r.stdout.splitlines()[0]  # names what was passed, never a value
+    assert "MLFLOW_TRACKING_URI" in first and mlflow_server.uri not in first
+    assert os.environ["RAY_AUTH_TOKEN"] not in out
+    assert f"job {job_id}: SUCCEEDED" in out
+    assert "gantry: final" in out  # the job's own output, streamed
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("submitted")
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["kimg"] >= 4 and "modes_covered" in run.data.metrics
+
+    listed = gantry("jobs", "list", "--address", ray_head)
+    assert listed.returncode == 0
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(job_id))
+    assert "SUCCEEDED" in row and "gantry train configs/toy-ring.yaml" in row
+
+
+@pytest.mark.slow
+def test_failing_job_exits_1_and_a_running_one_can_be_stopped(ray_head, tmp_path):
+    # A config that validates here but fails there: the shard folder does not exist.
+    bad = gantry("submit", "configs/mnist-dcgan.yaml", "data.path=/nonexistent/shards", "tracking.enabled=false",
+                 "--address", ray_head, "--follow")
+    assert bad.returncode == 1 and "FAILED" in bad.stdout, bad.stdout[-2000:] + bad.stderr[-2000:]
+
+    long = gantry("submit", "configs/toy-ring.yaml", "train.kimg=100000", "tracking.enabled=false",
+                  f"train.out_dir={tmp_path}", "--address", ray_head)
+    assert long.returncode == 0, long.stderr
+    job_id = long.stdout.split("submitted job ", 1)[1].split()[0]
+    stop = gantry("jobs", "stop", job_id, "--address", ray_head)
+    assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stdout + stop.stderr
+    deadline = time.monotonic() + 60
+    while (status := jobs_api(ray_head, job_id)["status"]) != "STOPPED":
+        assert time.monotonic() < deadline and status in ("PENDING", "RUNNING"), status
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_client_without_the_token_gets_one_line(ray_head):
+    r = gantry("jobs", "list", "--address", ray_head, env={"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": ""})
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "wants a token" in r.stderr, r.stderr
+
+
+def test_unreachable_cluster_is_one_line_and_exit_1():
+    r = gantry("submit", "configs/toy-ring.yaml", "--address", f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "cannot reach the Ray Jobs API" in r.stderr, r.stderr
+
+
+def test_bad_config_exits_2_before_contacting_the_cluster():
+    r = gantry("submit", "configs/toy-ring.yaml", "train.kimgg=3", "--address", "http://127.0.0.1:1")
+    assert r.returncode == 2 and "unknown key 'train.kimgg'" in r.stderr, r.stderr
