@@ -35,19 +35,24 @@ def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
 
 
-def _input_grad(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    # fp32 on purpose: squared gradient norms underflow and overflow in half precision.
+def _input_grad(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (grad_x D(x) flattened per sample, D(x)). fp32 on purpose: squared gradient norms
+    underflow and overflow in half precision."""
     x = x.detach().float().requires_grad_(True)
-    device_type = x.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
-        out = D(x).float().sum()
-    (grad,) = torch.autograd.grad(out, x, create_graph=True)
-    return grad.flatten(1)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        out = D(x).float()
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return grad.flatten(1), out
 
 
 def r1_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor) -> torch.Tensor:
-    """R1 (Mescheder et al. 2018): ||grad_x D(x)||^2 on real samples, per sample (B,)."""
-    return _input_grad(D, real).square().sum(1)
+    """R1 (Mescheder et al. 2018): ||grad_x D(x)||^2 on real samples, per sample (B,).
+
+    `+ 0 * D(x)` gives every D parameter a gradient, zero where R1 does not reach it (D's last
+    bias): then one process, DDP and ZeRO's flat partitions all step the same parameter set
+    (StyleGAN2-ADA does the same)."""
+    grad, out = _input_grad(D, real)
+    return grad.square().sum(1) + 0 * out
 
 
 def gradient_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
@@ -56,4 +61,4 @@ def gradient_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tens
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
     t = torch.rand(shape, device=real.device, generator=generator)
     mixed = t * real.detach().float() + (1 - t) * fake.detach().float()
-    return (_input_grad(D, mixed).norm(dim=1) - 1).square()
+    return (_input_grad(D, mixed)[0].norm(dim=1) - 1).square()

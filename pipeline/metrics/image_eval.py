@@ -15,9 +15,7 @@ sample seed) and kept as .npy under `cache_dir`; so is the classifier. A new dat
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ from pipeline.metrics.fid import GaussianStats, frechet_distance, kid
 from pipeline.metrics.precision_recall import precision_recall
 from pipeline.shards.imaging import decode_sample
 from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
+from pipeline.shards.verify import read_samples
 
 METRICS = ("fid", "kid", "pr", "coverage")
 FEATURES = ("inception", "classifier")
@@ -57,12 +56,7 @@ def read_real(m: Manifest, n: int | None = None, seed: int = 0) -> tuple[torch.T
         why = "missing on disk" if not path.is_file() else check_shard_bytes(entry, data)
         if why:
             raise GantryError(f"{path}: {why}")
-        samples: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for info in tar:
-                if info.isreg():
-                    key, _, ext = info.name.partition(".")
-                    samples.setdefault(key, {})[ext] = tar.extractfile(info).read()
+        samples = read_samples(data)
         keys = list(samples)
         for i in wanted:
             try:

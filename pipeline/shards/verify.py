@@ -29,7 +29,8 @@ class Report:
             "OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)"]
 
 
-def _read_samples(data: bytes) -> dict[str, dict[str, bytes]]:
+def read_samples(data: bytes) -> dict[str, dict[str, bytes]]:
+    """A shard's bytes -> {key: {extension: bytes}}, in tar order."""
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for info in tar:
@@ -53,7 +54,7 @@ def verify_shards(out: str | Path) -> Report:
             report.problems.append(f"{entry.url}: {why}")
             continue
         try:
-            samples = _read_samples(data)
+            samples = read_samples(data)
         except (tarfile.TarError, EOFError) as e:
             report.problems.append(f"{entry.url}: unreadable tar ({e})")
             continue

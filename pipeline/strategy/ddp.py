@@ -4,12 +4,12 @@ Every rank holds full copies of G and D and their optimizers. Before each optimi
 gradients of the network being updated are averaged over ranks in one flat all-reduce, so every
 rank applies the same update to the same weights (the scheme StyleGAN2-ADA/StyleGAN3 use).
 
-Why not `DistributedDataParallel`'s reducer: R1 differentiates D's input gradient, and that
-second-order loss does not reach every parameter (D's last bias never affects d D / d x). The
-reducer waits for a gradient from every parameter it saw in the forward, so the R1 phase
-never finishes its reduction and the next step fails ("Expected to have finished reduction in
-the prior iteration"). A flat all-reduce at step time reduces exactly the gradients that exist,
-whatever graph produced them; ranks run the same graph, so they hold the same set.
+Why not `DistributedDataParallel`'s reducer: it assumes one forward and one backward per
+step over a fixed set of parameters. R1 differentiates D's input gradient inside D's phase, and
+a second-order loss need not reach every parameter (D's last bias never affects d D / d x; R1
+now adds `0 * D(x)` for that); the reducer then waits for a missing gradient and the next step
+fails ("Expected to have finished reduction in the prior iteration"). A flat all-reduce at step
+time reduces exactly the gradients that exist, whatever graph produced them.
 
 The process group is the launcher's (Ray Train or torchrun create it); without one, it is
 created from the usual env:// variables.
@@ -64,7 +64,26 @@ def average_gradients(module: nn.Module, world_size: int) -> None:
         offset += g.numel()
 
 
-class DDPStrategy(SingleStrategy):
+class ProcessGroupCollectives:
+    """The collectives every multi-process strategy shares, over torch.distributed."""
+
+    world_size: int
+
+    def all_reduce_mean(self, t):
+        t = t.detach().clone()
+        dist.all_reduce(t)
+        return t / self.world_size
+
+    def all_gather_object(self, obj):
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self):
+        dist.barrier()
+
+
+class DDPStrategy(ProcessGroupCollectives, SingleStrategy):
     def __init__(self):
         init_process_group()
         super().__init__(local_device())
@@ -80,19 +99,6 @@ class DDPStrategy(SingleStrategy):
         # skip decision and the fp16 scale update agree everywhere without another collective.
         average_gradients(self.nets[name], self.world_size)
         return super().step(name)
-
-    def all_reduce_mean(self, t):
-        t = t.detach().clone()
-        dist.all_reduce(t)
-        return t / self.world_size
-
-    def all_gather_object(self, obj):
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self):
-        dist.barrier()
 
     def shutdown(self):
         # gloo ranks abort at exit ("terminate called without an active exception") when the

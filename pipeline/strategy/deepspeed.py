@@ -12,11 +12,11 @@
   to tensor.backward() are not supported" at stage 0) and under R1's double backward (IndexError
   in reduce_ipg_grads at stages 1/2). At stages 1/2 `engine.backward` reduces the gradients
   through the hooks ZeRO put on the parameters.
-- Parameters a loss does not reach (R1 never reaches D's last bias): one process leaves their
-  gradient empty and Adam skips them. DeepSpeed's stage-0 all-reduce would fill in zeros, and
-  Adam would move them on momentum, so stage 0 reduces with the DDP strategy's flat all-reduce
-  instead (exactly one process's update). ZeRO 1/2 keep gradients in flat partitions and always
-  treat an unreached parameter as gradient zero: the only place they differ from one process.
+- Parameters a loss does not reach get no gradient in one process and Adam skips them;
+  DeepSpeed's stage-0 all-reduce would fill in zeros, so stage 0 reduces with the DDP
+  strategy's flat all-reduce instead (exactly one process's update). ZeRO 1/2 keep gradients
+  in flat partitions where unreached means zero; R1 adds `0 * D(x)` (models/losses.py) so that
+  it reaches every D parameter and all strategies step the same set.
 - The trainer freezes the network a phase does not update, so D takes no gradient from G's
   step and ZeRO's hooks on D stay silent there.
 - A step whose gradient is non-finite is skipped: ZeRO 1/2 check for overflow themselves;
@@ -36,7 +36,8 @@ import torch.distributed as dist
 
 from pipeline.errors import GantryError
 from pipeline.strategy.base import Strategy
-from pipeline.strategy.ddp import average_gradients, broadcast_module, init_process_group, local_device
+from pipeline.strategy.ddp import (ProcessGroupCollectives, average_gradients, broadcast_module, init_process_group,
+                                   local_device)
 
 
 def engine_config(local_batch: int, world_size: int, zero_stage: int) -> dict:
@@ -53,7 +54,7 @@ def engine_config(local_batch: int, world_size: int, zero_stage: int) -> dict:
     }
 
 
-class DeepSpeedStrategy(Strategy):
+class DeepSpeedStrategy(ProcessGroupCollectives, Strategy):
     def __init__(self, zero_stage: int, local_batch: int):
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/gantry/torch_extensions"))
         init_process_group()
@@ -103,19 +104,6 @@ class DeepSpeedStrategy(Strategy):
         engine.step()
         norm = engine.get_global_grad_norm()
         return torch.tensor(float("nan") if norm is None else float(norm), device=self.device)
-
-    def all_reduce_mean(self, t):
-        t = t.detach().clone()
-        dist.all_reduce(t)
-        return t / self.world_size
-
-    def all_gather_object(self, obj):
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self):
-        dist.barrier()
 
     def state_dict(self):
         """Collective. Every rank's optimizer state (its ZeRO partition at stages 1/2) and loss

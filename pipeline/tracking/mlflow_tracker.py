@@ -2,9 +2,9 @@
 
 Every logging call only appends records to an in-memory queue; a worker thread uploads them in
 batches (`log_batch`, up to 1000 metric points per request). If the server goes away the trainer
-does not notice: the worker warns once, keeps at most `cfg.backlog` records (dropping the oldest
-metric points beyond that, counted and reported), and flushes when the server is back. If it is
-still down at `close()`, whatever is left goes to a local spool that `gantry tracking sync PATH`
+does not notice: the worker warns once, keeps at most `cfg.backlog` records plus the batch in
+flight (dropping the oldest metric points beyond that, counted and reported), and flushes when
+the server is back. If it is still down at `close()`, whatever is left goes to a local spool that `gantry tracking sync PATH`
 uploads later. Uploads after a failure are reconciled with the server (see `sender`), so a
 metric step is stored once, however often it was retried.
 
@@ -94,7 +94,6 @@ class MLflowTracker(Tracker):
         self._warned_keys: set[str] = set()
         self._names = itertools.count()
         self._queue: deque[Record] = deque()
-        self._inflight: list[Record] = []  # being uploaded by the worker right now
         self._cond = threading.Condition()
         self._closing = threading.Event()
         self._closed = False
@@ -186,8 +185,10 @@ class MLflowTracker(Tracker):
 
     def _trim(self) -> None:
         """Hold the backlog bound by dropping the oldest metric points (params, tags, images and
-        artifacts are few and kept)."""
-        excess = len(self._queue) + len(self._inflight) - self.backlog
+        artifacts are few and kept). The batch in flight is not counted: it cannot be trimmed
+        while it is sent, and trimming the queue for it would drop the newest points instead;
+        if its upload fails it returns to the front of the queue and is trimmed first."""
+        excess = len(self._queue) - self.backlog
         if excess <= 0:
             return
         kept = deque()
@@ -210,14 +211,13 @@ class MLflowTracker(Tracker):
                 self._cond.wait_for(lambda: self._queue or self._closing.is_set())
                 if not self._queue:
                     return  # closing, and everything went through
-                chunk = self._inflight = take_chunk(self._queue)
+                chunk = take_chunk(self._queue)
             try:
                 self._sender.send(chunk, reconcile)
             except Unreachable as e:
                 with self._cond:
                     # Back to the front of the queue, where the backlog bound can trim it too.
                     self._queue.extendleft(reversed(chunk))
-                    self._inflight = []
                     self._trim()
                 if not self._warned_down:
                     self._warned_down = True
@@ -232,7 +232,6 @@ class MLflowTracker(Tracker):
                 backoff = min(2 * backoff, 5.0)
                 continue
             with self._cond:
-                self._inflight = []
                 idle = not self._queue
             if reconcile:
                 log.info("MLflow at %s reachable again; sending the backlog", self.uri)

@@ -14,8 +14,9 @@ def gantry(*args, cwd=None):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    r = gantry("train", "configs/toy-ring.yaml", f"train.out_dir={out}", "train.kimg=512", "train.eval_kimg=64",
-               "train.checkpoint_kimg=256")
+    # The benchmark's run (seed 1, full length), evaluated twice as often; evaluation draws no
+    # training randomness, so the trajectory is the benchmark's.
+    r = gantry("train", "configs/toy-ring.yaml", f"train.out_dir={out}", "train.eval_kimg=192")
     assert r.returncode == 0, r.stderr[-3000:]
     evals = [line for line in r.stdout.splitlines() if line.startswith("kimg ")]
     return out / "toy-ring" / "checkpoints", evals
@@ -29,7 +30,7 @@ def test_ring_learns_all_modes_and_quality_improves(trained):
     scores = json.loads(r.stdout)
     assert scores["modes_covered"] == 8
     hq = [float(line.split("hq_pct ")[1].split(",")[0]) for line in evals]
-    assert len(hq) == 8 and hq[-1] > hq[0] + 20 and scores["hq_pct"] > 80
+    assert len(hq) == 8 and hq[-1] > hq[0] + 20 and scores["hq_pct"] > 85
 
 
 @pytest.mark.slow

@@ -1,0 +1,143 @@
+"""What the pipeline costs around the math, and what bf16 + channels_last buys, on DCGAN-64.
+
+One run of this script measures, on MNIST shards at 64x64 (built in a temp dir):
+  bare      a bare loop built from the same models/ networks, losses and optimizer on synthetic
+            tensors: D step, G step, nothing else (no data, EMA, metrics or tracking);
+  pipeline  `gantry train configs/mnist-dcgan.yaml` at 64x64 as a user runs it (shards -> stream ->
+            trainer -> MLflow tracking to a SQLite store, 1 worker), timed by the img/s the trainer
+            logs for each window of `--window` steps, read back from MLflow;
+each in fp32 NCHW and in bf16 + channels_last (the pipeline with its defaults, which choose the
+precision from the CPU: the chosen one is read from the run's tags), then Ray x1 vs Ray x2 (ddp,
+same per-worker batch). Every figure is the median of `--windows` windows after 2 warm-up ones.
+Prints one JSON object with the ratios.
+Usage: python tests/bench/train_throughput.py [--windows 5] [--window 10] [--width 64] [--no-ray]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from models.losses import d_loss, g_loss
+from pipeline.build import build_networks, build_optimizer
+from pipeline.config import load_config
+from pipeline.precision import choose_precision
+from pipeline.shards import build_shards
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "mnist-dcgan.yaml"
+WARMUP = 2
+
+
+def overrides(shards: Path, width: int, batch: int) -> list[str]:
+    # DCGAN-64 at batch 64; no R1 (the bare loop has none) and evaluation only at the end.
+    return [f"data.path={shards}", "model.resolution=64", f"model.g_width={width}", f"model.d_width={width}",
+            f"train.batch={batch}", "loss.r1_gamma=0", "train.eval_kimg=100000", "train.checkpoint_kimg=100000",
+            "eval.metrics=[]"]
+
+
+def bare(shards: Path, width: int, batch: int, precision: str, windows: int, window: int) -> list[float]:
+    channels_last = "on" if precision == "bf16" else "off"
+    cfg = load_config(CONFIG, overrides(shards, width, batch) + [f"train.precision={precision}",
+                                                                  f"train.channels_last={channels_last}"])
+    prec = choose_precision(cfg.train, torch.device("cpu"), image_model=True)
+    fmt = torch.channels_last if prec.channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    G, D = (net.to(memory_format=fmt) for net in build_networks(cfg, channels=1))
+    opt = {"G": build_optimizer(G.parameters(), cfg.g_optim), "D": build_optimizer(D.parameters(), cfg.d_optim)}
+    real = torch.rand(batch, 1, 64, 64).mul(2).sub(1).contiguous(memory_format=fmt)
+    kind = cfg.loss.kind
+    rates = []
+    for _ in range(WARMUP + windows):
+        start = time.perf_counter()
+        for _ in range(window):
+            G.requires_grad_(False), D.requires_grad_(True)
+            with prec.autocast():
+                fake = G(torch.randn(batch, cfg.model.z_dim))
+                loss = d_loss(kind, D(real), D(fake)).mean()
+            opt["D"].zero_grad(set_to_none=True)
+            loss.backward()
+            opt["D"].step()
+            G.requires_grad_(True), D.requires_grad_(False)
+            with prec.autocast():
+                loss = g_loss(kind, D(G(torch.randn(batch, cfg.model.z_dim)))).mean()
+            opt["G"].zero_grad(set_to_none=True)
+            loss.backward()
+            opt["G"].step()
+        rates.append(window * batch / (time.perf_counter() - start))
+    return rates[WARMUP:]
+
+
+def pipeline(shards: Path, tmp: Path, tag: str, width: int, batch: int, windows: int, window: int,
+             extra: list[str], cli: list[str]) -> tuple[list[float], dict]:
+    """Rates of windows 3.. of a `gantry train` run, and the run's tags."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    kimg = (WARMUP + windows) * window * batch / 1000
+    cmd = [sys.executable, "-m", "launch.cli", "train", str(CONFIG), *overrides(shards, width, batch),
+           f"name={tag}", f"train.out_dir={tmp / 'runs'}", f"train.kimg={kimg}", f"train.log_every={window}",
+           f"tracking.uri={uri}", "tracking.experiment=throughput", f"tracking.run_name={tag}", *extra, *cli]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    if r.returncode:
+        sys.exit(f"{tag} failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("throughput").experiment_id],
+                             f"attributes.run_name = '{tag}'")[0]
+    history = sorted(client.get_metric_history(run.info.run_id, "img_per_s"), key=lambda m: m.step)
+    # The last window may be short (the run stops at kimg); windows 1-2 are warm-up.
+    return [m.value for m in history[WARMUP:WARMUP + windows]], run.data.tags
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--windows", type=int, default=5)
+    ap.add_argument("--window", type=int, default=10, help="steps per timed window")
+    ap.add_argument("--width", type=int, default=64, help="DCGAN channel width (64: the DCGAN paper's)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray x1 / x2 comparison")
+    args = ap.parse_args()
+    w, b, n, k = args.width, args.batch, args.windows, args.window
+    med = statistics.median
+    out: dict = {"model": f"DCGAN-64 width {w}, batch {b}, MNIST 64x64", "windows": n, "window_steps": k,
+                 "torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shards = tmp / "mnist-64"
+        build_shards("mnist", shards, 64, shard_size=1000, limit=8000)
+        runs = {
+            "bare_fp32": bare(shards, w, b, "fp32", n, k),
+            "bare_bf16": bare(shards, w, b, "bf16", n, k),
+        }
+        runs["pipeline_fp32"], _ = pipeline(shards, tmp, "fp32", w, b, n, k,
+                                            ["train.precision=fp32", "train.channels_last=off"], [])
+        runs["pipeline_default"], tags = pipeline(shards, tmp, "default", w, b, n, k, [], [])
+        out["default_precision"] = {"precision": tags.get("precision"), "channels_last": tags.get("channels_last")}
+        if not args.no_ray:
+            runs["ray_1_worker"], _ = pipeline(shards, tmp, "ray1", w, b, n, k, [], ["--launcher", "ray"])
+            runs["ray_2_workers"], _ = pipeline(shards, tmp, "ray2", w, 2 * b, n, k, [],
+                                                ["--workers", "2", "--strategy", "ddp"])
+    out["img_per_s"] = {name: round(med(r), 1) for name, r in runs.items()}
+    out["windows_img_per_s"] = {name: [round(x, 1) for x in r] for name, r in runs.items()}
+    ips = out["img_per_s"]
+    out["ratios"] = {
+        "pipeline_over_bare_fp32": round(ips["pipeline_fp32"] / ips["bare_fp32"], 3),
+        "pipeline_over_bare_bf16": round(ips["pipeline_default"] / ips["bare_bf16"], 3),
+        "default_over_fp32_pipeline": round(ips["pipeline_default"] / ips["pipeline_fp32"], 3),
+        "bf16_over_fp32_bare": round(ips["bare_bf16"] / ips["bare_fp32"], 3),
+    }
+    if not args.no_ray:
+        out["ratios"]["ray_2_over_1_workers"] = round(ips["ray_2_workers"] / ips["ray_1_worker"], 3)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
