@@ -64,6 +64,12 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(3, gt=0)
     out_dir: str = "runs"
 
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
 
 class DataConfig(Section):
     source: Literal["toy-ring", "toy-grid", "shards"] = "toy-ring"

@@ -22,6 +22,13 @@ def test_defaults_and_overrides(cfg_file):
     assert cfg.name == "x" and cfg.d_optim.lr == 2e-4
 
 
+def test_on_off_survive_yaml_booleans(cfg_file):
+    # YAML reads a bare `off` as False; the schema's on/off fields take it back.
+    p = cfg_file("model: {arch: mlp}\ntrain: {channels_last: on}\n")
+    assert load_config(p).train.channels_last == "on"
+    assert load_config(p, ["train.channels_last=off"]).train.channels_last == "off"
+
+
 @pytest.mark.parametrize("text, overrides, key_in_message", [
     ("model: {archh: mlp}\n", [], "model.archh"),
     ("bogus: 1\n", [], "bogus"),
