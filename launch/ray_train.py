@@ -82,6 +82,14 @@ def _saved_since(cfg: RunConfig, launched: float) -> str | None:
     return None
 
 
+def _quiet_placement_group_cleaner() -> None:
+    """Runs in every Ray worker process of an embedded cluster. Without the dashboard there is
+    no State API, so Ray Train's placement-group cleaner cannot do its job and warns about it
+    every two seconds for the whole run."""
+    import logging
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def _connect(address: str | None, workers: int) -> bool:
     """Join or start Ray; True when this call started it (and so must shut it down)."""
     import ray
@@ -93,7 +101,8 @@ def _connect(address: str | None, workers: int) -> bool:
         ray.init(address=address)
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False,
-                 object_store_memory=512 * 2**20)
+                 object_store_memory=512 * 2**20,
+                 runtime_env={"worker_process_setup_hook": _quiet_placement_group_cleaner})
     return True
 
 

@@ -248,5 +248,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     return from_dict(tree, source)
 
 
+def with_overrides(cfg: RunConfig, overrides: list[str], source: str) -> RunConfig:
+    """A stored config (a checkpoint's, a registered model's) with dotted overrides applied."""
+    tree = cfg.model_dump(mode="json")
+    for o in overrides:
+        _apply_override(tree, o, source)
+    return from_dict(tree, source)
+
+
 def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

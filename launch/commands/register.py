@@ -53,7 +53,7 @@ def run(args) -> int:
         name="G_ema",
         run_id=args.run_id,
         input_example=example,
-        metadata={"z_dim": cfg.model.z_dim},  # what `gantry sample models:/...` needs to draw latents
+        metadata={"config": cfg.model_dump(mode="json")},  # latent size, data and metrics for sample/eval
         registered_model_name=args.name,
         code_paths=[str(Path(models.__file__).parent)],
         # Inferring requirements imports the model in a subprocess; we know them.

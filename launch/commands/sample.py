@@ -15,30 +15,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _load(source: str, uri: str | None):
-    """-> (G, z_dim). Registered models are torch.export programs (MLflow's pt2 format, no
-    pickle), already in inference form; their latent size is in the model's metadata."""
-    if source.startswith("models:/"):
-        import mlflow
-
-        from pipeline.errors import GantryError
-        from pipeline.tracking import store
-        mlflow.set_tracking_uri(store.resolve_uri(uri))
-        try:
-            z_dim = int(mlflow.models.get_model_info(source).metadata["z_dim"])
-            return mlflow.pytorch.load_model(source, map_location="cpu"), z_dim
-        except Exception as e:  # MLflow raises several types for a missing model or alias
-            raise GantryError(f"cannot load {source}: {str(e).splitlines()[0]}") from None
-    from pipeline.checkpoint import load_generator
-    G, cfg = load_generator(source)
-    return G, cfg.model.z_dim
-
-
 def run(args) -> int:
     from pathlib import Path
 
     import numpy as np
 
+    from launch.sources import load_generator_from
     from pipeline.errors import GantryError
     from pipeline.evaluation import generate
     from pipeline.visuals import image_grid, save_png
@@ -48,8 +30,8 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".npy", ".png"):
         raise GantryError(f"--out {out}: use a .npy (2-D points) or .png (images) file")
-    G, z_dim = _load(args.checkpoint, args.uri)
-    samples = generate(G, args.n, z_dim, args.seed)
+    G, cfg = load_generator_from(args.checkpoint, args.uri)
+    samples = generate(G, args.n, cfg.model.z_dim, args.seed)
     points = samples.dim() == 2
     want = ".npy" if points else ".png"
     if out.suffix != want:
