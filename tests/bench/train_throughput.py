@@ -10,7 +10,9 @@ each in fp32 NCHW and in bf16 + channels_last (the pipeline with its defaults, w
 precision from the CPU: the chosen one is read from the run's tags), then Ray x1 vs Ray x2 (ddp,
 same per-worker batch). Every figure is the median of `--windows` windows after 2 warm-up ones.
 Prints one JSON object with the ratios.
-Usage: python tests/bench/train_throughput.py [--windows 5] [--window 10] [--width 64] [--no-ray]
+With --compile, also the bf16 bare loop with `torch.compile`d G and D (R1's double backward
+does not compile, so the trainer does not offer it; this measures what it would buy).
+Usage: python tests/bench/train_throughput.py [--windows 5] [--window 10] [--width 64] [--no-ray] [--compile]
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def overrides(shards: Path, width: int, batch: int) -> list[str]:
             "eval.metrics=[]"]
 
 
-def bare(shards: Path, width: int, batch: int, precision: str, windows: int, window: int) -> list[float]:
+def bare(shards: Path, width: int, batch: int, precision: str, windows: int, window: int,
+         compiled: bool = False) -> list[float]:
     channels_last = "on" if precision == "bf16" else "off"
     cfg = load_config(CONFIG, overrides(shards, width, batch) + [f"train.precision={precision}",
                                                                   f"train.channels_last={channels_last}"])
@@ -52,6 +55,8 @@ def bare(shards: Path, width: int, batch: int, precision: str, windows: int, win
     fmt = torch.channels_last if prec.channels_last else torch.contiguous_format
     torch.manual_seed(0)
     G, D = (net.to(memory_format=fmt) for net in build_networks(cfg, channels=1))
+    if compiled:  # compilation happens in the warm-up windows
+        G, D = torch.compile(G), torch.compile(D)
     opt = {"G": build_optimizer(G.parameters(), cfg.g_optim), "D": build_optimizer(D.parameters(), cfg.d_optim)}
     real = torch.rand(batch, 1, 64, 64).mul(2).sub(1).contiguous(memory_format=fmt)
     kind = cfg.loss.kind
@@ -104,6 +109,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=64, help="DCGAN channel width (64: the DCGAN paper's)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray x1 / x2 comparison")
+    ap.add_argument("--compile", action="store_true", help="also the bf16 bare loop with torch.compile'd G and D")
     args = ap.parse_args()
     w, b, n, k = args.width, args.batch, args.windows, args.window
     med = statistics.median
@@ -117,6 +123,8 @@ def main() -> None:
             "bare_fp32": bare(shards, w, b, "fp32", n, k),
             "bare_bf16": bare(shards, w, b, "bf16", n, k),
         }
+        if args.compile:
+            runs["bare_bf16_compiled"] = bare(shards, w, b, "bf16", n, k, compiled=True)
         runs["pipeline_fp32"], _ = pipeline(shards, tmp, "fp32", w, b, n, k,
                                             ["train.precision=fp32", "train.channels_last=off"], [])
         runs["pipeline_default"], tags = pipeline(shards, tmp, "default", w, b, n, k, [], [])
@@ -134,6 +142,8 @@ def main() -> None:
         "default_over_fp32_pipeline": round(ips["pipeline_default"] / ips["pipeline_fp32"], 3),
         "bf16_over_fp32_bare": round(ips["bare_bf16"] / ips["bare_fp32"], 3),
     }
+    if args.compile:
+        out["ratios"]["compiled_over_eager_bf16_bare"] = round(ips["bare_bf16_compiled"] / ips["bare_bf16"], 3)
     if not args.no_ray:
         out["ratios"]["ray_2_over_1_workers"] = round(ips["ray_2_workers"] / ips["ray_1_worker"], 3)
     print(json.dumps(out))
