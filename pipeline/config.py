@@ -183,6 +183,8 @@ class RunConfig(Section):
             raise ValueError("strategy.zero_stage 3 cannot run R1 (loss.r1_gamma > 0); use stage 0-2")
         if self.model.arch == "mlp" and self.data.source == "shards":
             raise ValueError("model.arch 'mlp' is for 2-D toy data; pick an image arch for shards")
+        if self.model.arch == "mlp" and self.augment.kind != "none":
+            raise ValueError(f"augment.kind '{self.augment.kind}' augments images; model.arch 'mlp' makes 2-D points")
         if self.model.arch != "mlp" and self.data.source != "shards":
             raise ValueError(f"model.arch '{self.model.arch}' needs image data (data.source: shards)")
         return self

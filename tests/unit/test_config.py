@@ -40,6 +40,7 @@ def test_on_off_survive_yaml_booleans(cfg_file):
     ("data: {source: shards}\n", [], "data.path"),
     ("data: {source: toy-grid, modes: 24}\n", [], "data.modes"),
     ("strategy: {kind: deepspeed, zero_stage: 3}\nloss: {r1_gamma: 1}\n", [], "zero_stage"),
+    ("model: {arch: mlp}\n", ["augment.kind=ada"], "augment.kind"),
     ("", ["train.kimg=0"], "train.kimg"),
     ("", ["train.nope=1"], "train.nope"),
     ("", ["trainbatch"], "key=value"),
