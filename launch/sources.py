@@ -2,8 +2,6 @@
 registered model URI such as `models:/NAME@champion`."""
 from __future__ import annotations
 
-from pipeline.config import RunConfig
-
 
 def load_generator_from(source: str, uri: str | None = None):
     """-> (G in inference form, the RunConfig it was trained with).
