@@ -200,7 +200,7 @@ def evaluate(cfg: RunConfig, ckpt: Path) -> float:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     G, _ = load_generator(ckpt)
     stream = make_stream(cfg, rank=0, world_size=1)
-    evaluator = make_evaluator(cfg, 0, stream, Path(cfg.train.out_dir) / cfg.name, device)
+    evaluator = make_evaluator(cfg, stream, Path(cfg.train.out_dir) / cfg.name, device)
     score = quality_score(evaluator(G.to(device), 0, Tracker()))
     if score is None:
         raise GantryError(f"the evaluator for data {cfg.data.source} gives no quality score "

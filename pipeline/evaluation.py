@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.metrics.mixture import mixture_scores
@@ -25,11 +26,13 @@ def quality_score(metrics: dict[str, float]) -> float | None:
 
 
 @torch.no_grad()
-def generate(G, n: int, z_dim: int, seed: int, batch: int = 1000) -> torch.Tensor:
+def generate(G, n: int, z_dim: int, seed: int, batch: int = 1000, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """G's outputs for n fixed-seed latents. `part=(rank, world_size)`: only that rank's
+    contiguous share of them, so the shares concatenated in rank order are the n outputs."""
     device = next(G.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, z_dim, generator=gen)
-    return torch.cat([G(z[i:i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+    z = torch.tensor_split(torch.randn(n, z_dim, generator=gen), part[1])[part[0]]
+    return torch.cat([G(z[i:i + batch].to(device)).float().cpu() for i in range(0, len(z), batch)])
 
 
 class MixtureEvaluator:
@@ -46,20 +49,38 @@ class MixtureEvaluator:
 
 class ImageEvaluator:
     """A sample grid of fixed latents every time, plus `metrics` (an ImageMetrics, or None)
-    on `n_fake` generated images."""
+    on `n_fake` generated images.
+
+    With `comm` (the strategy's collectives) and several ranks, every rank generates and
+    extracts features of its share of the images; rank 0 gathers them, scores and logs."""
 
     def __init__(self, z_dim: int, run_dir: Path, metrics=None, n_fake: int = 5000, features: str = "classifier",
-                 n_grid: int = 64, seed: int = 12345):
+                 n_grid: int = 64, seed: int = 12345, comm=None):
         self.z_dim, self.run_dir, self.n_grid, self.seed = z_dim, Path(run_dir), n_grid, seed
-        self.metrics, self.n_fake, self.features = metrics, n_fake, features
+        self.metrics, self.n_fake, self.features, self.comm = metrics, n_fake, features, comm
+        self.rank, self.world_size = (comm.rank, comm.world_size) if comm else (0, 1)
+        self._prepared = False
 
     def __call__(self, G, step: int, tracker: Tracker) -> dict[str, float]:
-        grid = image_grid(generate(G, self.n_grid, self.z_dim, self.seed))
-        save_png(grid, self.run_dir / "samples" / f"grid-{step:09d}.png")
-        tracker.log_image(grid, "samples", step)
+        if self.rank == 0:
+            grid = image_grid(generate(G, self.n_grid, self.z_dim, self.seed))
+            save_png(grid, self.run_dir / "samples" / f"grid-{step:09d}.png")
+            tracker.log_image(grid, "samples", step)
         if self.metrics is None:
             return {}
-        scores = self.metrics.score(generate(G, self.n_fake, self.z_dim, self.seed + 1, batch=250))
+        if self.world_size > 1 and not self._prepared:
+            if self.rank == 0:
+                self.metrics.prepare()  # fills the cache the other ranks then read
+            self.comm.barrier()
+            self._prepared = True
+        fake = generate(G, self.n_fake, self.z_dim, self.seed + 1, batch=250, part=(self.rank, self.world_size))
+        parts = self.metrics.extract(fake)
+        if self.world_size > 1:
+            shares = self.comm.all_gather_object(parts)
+            parts = {k: np.concatenate([share[k] for share in shares]) for k in parts}
+        if self.rank != 0:
+            return {}
+        scores = self.metrics.score_extracted(parts)
         if f"fid_{self.features}" in scores:
             scores["fid"] = scores[f"fid_{self.features}"]  # the headline number, in the configured space
         tracker.log_metrics(scores, step)

@@ -55,16 +55,21 @@ def run_tags(cfg: RunConfig, stream, strategy: Strategy, precision) -> dict[str,
     }
 
 
-def make_evaluator(cfg: RunConfig, rank: int, stream, run_dir: Path, device):
-    if rank != 0:
-        return no_evaluation
+def make_evaluator(cfg: RunConfig, stream, run_dir: Path, device, comm=None):
+    """Rank 0 evaluates and logs; with image metrics the other ranks extract their share."""
+    rank = comm.rank if comm else 0
     if cfg.is_toy:
+        if rank != 0:
+            return no_evaluation
         return MixtureEvaluator(stream.centers, cfg.data.std, cfg.model.z_dim, seed=cfg.seed + 12345)
     metrics = None
     if cfg.eval.metrics:
         from pipeline.metrics.image_eval import ImageMetrics
         metrics = ImageMetrics.from_config(cfg, device=device)
-    return ImageEvaluator(cfg.model.z_dim, run_dir, metrics, cfg.eval.n_fake, cfg.eval.features, seed=cfg.seed + 12345)
+    elif rank != 0:
+        return no_evaluation
+    return ImageEvaluator(cfg.model.z_dim, run_dir, metrics, cfg.eval.n_fake, cfg.eval.features,
+                          seed=cfg.seed + 12345, comm=comm)
 
 
 def train_worker(cfg: RunConfig, resume: str | None = None, strategy: Strategy | None = None,
@@ -81,8 +86,8 @@ def train_worker(cfg: RunConfig, resume: str | None = None, strategy: Strategy |
     resume_run_id = checkpoint.read_meta(ckpt).get("tracking_run_id") if ckpt else None
     stream = make_stream(cfg, strategy.rank, strategy.world_size, shard_urls)
     tracker = make_tracker(cfg, strategy.rank, resume_run_id, run_dir)
-    trainer = Trainer(cfg, strategy, stream, tracker, run_dir, make_evaluator(cfg, strategy.rank, stream, run_dir, strategy.device),
-                      channels=stream.channels)
+    evaluator = make_evaluator(cfg, stream, run_dir, strategy.device, strategy)
+    trainer = Trainer(cfg, strategy, stream, tracker, run_dir, evaluator, channels=stream.channels)
     trainer.on_checkpoint = on_checkpoint
     if ckpt:
         trainer.load(ckpt)

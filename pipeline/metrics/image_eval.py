@@ -132,22 +132,43 @@ class ImageMetrics:
         return feats
 
     # ---- scoring --------------------------------------------------------------------------
+    # score = score_extracted(extract(fake)); under several ranks each rank extracts its share
+    # of the generated images and one rank scores the concatenation (see ImageEvaluator).
 
-    def score(self, fake: torch.Tensor) -> dict[str, float]:
-        """Generated images (N, C, R, R) in [-1, 1] -> the chosen metrics."""
+    def prepare(self) -> None:
+        """Build (or load from the cache) everything scoring needs: the classifier, the feature
+        extractor, the real statistics and class shares. One rank calls it first, so the others
+        find the cache filled instead of training the same classifier at the same time."""
+        m = self.manifest
+        if set(self.metrics) & {"fid", "kid", "pr"} and self._real is None:
+            real = self.real_features()
+            self._real = real, GaussianStats.of(real)
+        if "coverage" in self.metrics and self._share is None:
+            self.classifier  # noqa: B018 -- trains or loads it
+            _, labels = read_real(m, self.n_real, self.seed)
+            self._share = torch.bincount(labels, minlength=max(m.classes) + 1).double() / len(labels)
+
+    def extract(self, fake: torch.Tensor) -> dict[str, np.ndarray]:
+        """Generated images (N, C, R, R) in [-1, 1] -> per-image features and predicted classes,
+        as far as the chosen metrics need them."""
         m = self.manifest
         if fake.dim() != 4 or tuple(fake.shape[1:]) != (m.channels, m.resolution, m.resolution):
             raise GantryError(f"generated images are {tuple(fake.shape[1:])}, the shard set holds "
                               f"{(m.channels, m.resolution, m.resolution)}")
         fake = fake.detach().float().cpu().clamp(-1, 1)
-        out: dict[str, float] = {}
+        out: dict[str, np.ndarray] = {}
         if set(self.metrics) & {"fid", "kid", "pr"}:
-            if self._real is None:
-                real = self.real_features()
-                self._real = real, GaussianStats.of(real)
+            out["features"] = self.extractor(fake).numpy()
+        if "coverage" in self.metrics:
+            out["predicted"] = self.classifier.predict(fake).numpy()
+        return out
+
+    def score_extracted(self, parts: dict[str, np.ndarray]) -> dict[str, float]:
+        self.prepare()
+        out: dict[str, float] = {}
+        if "features" in parts:
             real, real_stats = self._real
-            feats = self.extractor(fake).numpy()
-            space = self.features
+            feats, space = parts["features"], self.features
             if "fid" in self.metrics:
                 out[f"fid_{space}"] = frechet_distance(real_stats, GaussianStats.of(feats))
             if "kid" in self.metrics:
@@ -155,9 +176,10 @@ class ImageMetrics:
             if "pr" in self.metrics:
                 pr = precision_recall(real, feats, k=self.pr_k)
                 out[f"precision_{space}"], out[f"recall_{space}"] = pr["precision"], pr["recall"]
-        if "coverage" in self.metrics:
-            if self._share is None:
-                _, labels = read_real(m, self.n_real, self.seed)
-                self._share = torch.bincount(labels, minlength=max(m.classes) + 1).double() / len(labels)
-            out.update(clf.class_coverage(self.classifier.predict(fake), self._share))
+        if "predicted" in parts:
+            out.update(clf.class_coverage(torch.from_numpy(parts["predicted"]), self._share))
         return out
+
+    def score(self, fake: torch.Tensor) -> dict[str, float]:
+        """Generated images (N, C, R, R) in [-1, 1] -> the chosen metrics."""
+        return self.score_extracted(self.extract(fake))
