@@ -4,6 +4,11 @@ from __future__ import annotations
 import argparse
 import time
 
+SHOWN_SKIPS = 5   # names in the summary line; the manifest lists them all
+
+ON_ERROR_HELP = ("a file that does not decode: fail (default) stops at the first and writes "
+                 "nothing; skip leaves it out and lists it, with the reason, in the manifest")
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("shards", help="build, extend and verify WebDataset shards")
@@ -20,6 +25,7 @@ def register(subparsers) -> None:
     b.add_argument("--limit", type=int, help="take only the first N samples")
     b.add_argument("--name", help="shard file prefix (default: the source's name)")
     b.add_argument("--workers", type=int, help="encoding processes (default: all cores)")
+    b.add_argument("--on-error", choices=["fail", "skip"], default="fail", help=ON_ERROR_HELP)
     b.set_defaults(func=run)
 
     a = sub.add_parser("add", help="append SOURCE to OUT as new shards and bump the data version")
@@ -27,6 +33,7 @@ def register(subparsers) -> None:
     a.add_argument("source")
     a.add_argument("--limit", type=int, help="take only the first N samples")
     a.add_argument("--workers", type=int, help="encoding processes (default: all cores)")
+    a.add_argument("--on-error", choices=["fail", "skip"], default="fail", help=ON_ERROR_HELP)
     a.set_defaults(func=run)
 
     v = sub.add_parser("verify", help="re-hash every shard and decode every sample; exit 1 on a problem")
@@ -45,11 +52,30 @@ def run(args: argparse.Namespace) -> int:
     if args.shards_command == "build":
         m = build_shards(args.source, args.out, args.resolution, shard_size=args.shard_size,
                          filter=args.filter, pad=args.pad, limit=args.limit, name=args.name,
-                         workers=args.workers)
+                         workers=args.workers, on_error=args.on_error)
     else:
-        m = add_shards(args.out, args.source, limit=args.limit, workers=args.workers)
+        m = add_shards(args.out, args.source, limit=args.limit, workers=args.workers,
+                       on_error=args.on_error)
     size = sum(e.bytes for e in m.shards)
     print(f"{m.root}: {len(m.shards)} shards, {m.samples} samples, {size / 2**20:.1f} MiB, "
           f"{m.resolution}x{m.resolution}x{m.channels} ({m.transform}), version {m.version}, "
           f"{time.perf_counter() - start:.1f} s")
+    print(images_line(m))
     return 0
+
+
+def images_line(m) -> str:
+    """What this command did with the source's images: kept, skipped (by name), and fitted."""
+    from pipeline.shards.imaging import describe_fits
+    from pipeline.shards.manifest import MANIFEST
+
+    record = m.sources[-1]
+    skipped = record["skipped"]
+    if skipped:
+        names = ", ".join(s["file"] for s in skipped[:SHOWN_SKIPS])
+        more = f" and {len(skipped) - SHOWN_SKIPS} more" if len(skipped) > SHOWN_SKIPS else ""
+        skips = f"{len(skipped)} unreadable skipped ({names}{more}; reasons in {m.root / MANIFEST})"
+    else:
+        skips = "none skipped"
+    fits = describe_fits(record["fitted"], m.resolution, m.transform)
+    return f"images: {record['samples']} added, {skips}; {fits}"

@@ -2,23 +2,41 @@
 
 Output is deterministic: the same source and options give byte-identical tars and manifest
 (fixed tar mtime/uid/gid/mode, members in key order, PNG without timestamps), however many
-processes wrote them. Shards are encoded in a process pool, one task per shard.
+processes wrote them. A process pool reads, fits and PNG-encodes the items and hands them back
+in source order; this process numbers the ones that decoded and packs them into tars, so a
+skipped file (`on_error="skip"`) shifts the keys and shard boundaries after it the same way
+whatever the worker count, and every file is decoded once.
+
+A command adds its shards whole or not at all: tars are staged in a hidden folder inside OUT,
+moved in when every item is written, and the manifest is saved last (it is the commit). On any
+failure OUT is left as it was before the command.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+import itertools
 import json
+import math
 import multiprocessing
 import os
 import tarfile
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from pipeline.errors import GantryError
-from pipeline.shards.imaging import encode_png, fit, transform_name
+from pipeline.shards.imaging import encode_png, fit, fit_steps, transform_name
 from pipeline.shards.manifest import MANIFEST, Manifest, ShardEntry, load_manifest, sha256_bytes
-from pipeline.shards.sources import Source, load_item, load_source
+from pipeline.shards.sources import Source, UnreadableItem, load_item, load_source
+
+ON_ERROR = ("fail", "skip")
+_CHUNK = 32   # items per pool task: amortizes the pipe, still spreads work evenly
 
 
 def shard_name(name: str, index: int) -> str:
@@ -37,54 +55,153 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_shard(task) -> ShardEntry:
-    """Encode one shard and write it atomically (tmp + fsync + rename). Runs in a pool worker."""
-    path, first, items, labels, classes, source, resolution, channels, transform = task
+class _Encoded(NamedTuple):
+    png: bytes | None          # None: the item does not decode
+    steps: tuple[str, ...]     # what fitting did to it (imaging.fit_steps)
+    why: str = ""              # why it does not decode
+
+
+def _encode(item, channels: int, resolution: int, transform: str) -> _Encoded:
+    """Read, fit and PNG-encode one item. Runs in a pool worker."""
+    try:
+        img = load_item(item, channels)
+    except UnreadableItem as e:
+        return _Encoded(None, (), str(e))
+    return _Encoded(encode_png(fit(img, resolution, transform)),
+                    fit_steps(img.shape[0], img.shape[1], resolution, transform))
+
+
+@contextlib.contextmanager
+def _ordered_map(workers: int):
+    """A lazy map that keeps input order, over `workers` processes.
+
+    Pool.imap buffers results the consumer has not taken yet; here they are PNGs at the shard
+    resolution, and packing them into tars costs less than making them, so few ever wait.
+    """
+    if workers == 1:
+        yield map
+        return
+    # spawn, not fork: callers (tests, the trainer) may hold threads that fork would copy broken.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield functools.partial(pool.imap, chunksize=_CHUNK)
+
+
+@dataclass
+class _Tally:
+    """What happened to the source's items on their way into shards, for the manifest."""
+    skipped: list[dict] = field(default_factory=list)    # {"file", "reason"} per skipped file
+    fitted: Counter = field(default_factory=Counter)     # fit step -> images it was applied to
+
+
+def _kept(src: Source, labels: np.ndarray, results: Iterable[_Encoded], on_error: str,
+          tally: _Tally) -> Iterator[tuple[int, bytes]]:
+    """(label, png) of every item that decoded, in order; ON_ERROR decides about the others."""
+    for item, label, r in zip(src.items, labels, results):
+        if r.png is not None:
+            tally.fitted.update(r.steps)
+            yield int(label), r.png
+        elif on_error == "skip":
+            tally.skipped.append({"file": src.item_name(item), "reason": r.why})
+        else:
+            raise GantryError(f"{item}: {r.why}; `--on-error skip` would leave it out")
+
+
+def _write_shard(path: Path, first: int, samples: list[tuple[int, bytes]], m: Manifest,
+                 source: str) -> ShardEntry:
+    """One tar of SAMPLES keyed from FIRST on, written and fsynced."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for i, (item, label) in enumerate(zip(items, labels)):
-            index = first + i
+        for index, (label, png) in enumerate(samples, first):
             key = sample_key(index)
-            img = fit(load_item(item, channels), resolution, transform)
-            meta = {"class": classes[int(label)], "index": index, "source": source}
-            _add_member(tar, f"{key}.cls", str(int(label)).encode())
+            meta = {"class": m.classes[label], "index": index, "source": source}
+            _add_member(tar, f"{key}.cls", str(label).encode())
             _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-            _add_member(tar, f"{key}.png", encode_png(img))
+            _add_member(tar, f"{key}.png", png)
     data = buf.getvalue()
-    tmp = path.with_suffix(".tar.tmp")
-    with open(tmp, "wb") as f:
+    with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return ShardEntry(path.name, len(labels), len(data), sha256_bytes(data))
+    return ShardEntry(path.name, len(samples), len(data), sha256_bytes(data))
 
 
-def _write_all(m: Manifest, src: Source, labels: np.ndarray, workers: int) -> list[ShardEntry]:
-    first_shard, first_index, size = len(m.shards), m.samples, m.shard_size
-    tasks = [(m.root / shard_name(m.name, first_shard + k), first_index + start,
-              src.items[start:start + size], labels[start:start + size], m.classes, src.name,
-              m.resolution, m.channels, m.transform)
-             for k, start in enumerate(range(0, len(src), size))]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
-    if workers == 1:
-        return [_write_shard(t) for t in tasks]
-    # spawn, not fork: callers (tests, the trainer) may hold threads that fork would copy broken.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return pool.map(_write_shard, tasks, chunksize=1)
+def _stage(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on_error: str,
+           staging: Path) -> tuple[list[ShardEntry], _Tally]:
+    """Write SRC's decodable items as the shards that follow M's, into STAGING."""
+    size, tally, entries = m.shard_size, _Tally(), []
+    encode = functools.partial(_encode, channels=m.channels, resolution=m.resolution,
+                               transform=m.transform)
+    workers = max(1, min(workers or os.cpu_count() or 1, math.ceil(len(src) / size)))
+    with _ordered_map(workers) as ordered_map:
+        kept = _kept(src, labels, ordered_map(encode, src.items), on_error, tally)
+        while samples := list(itertools.islice(kept, size)):
+            path = staging / shard_name(m.name, len(m.shards) + len(entries))
+            first = m.samples + size * len(entries)
+            entries.append(_write_shard(path, first, samples, m, src.name))
+    if not entries:
+        first = tally.skipped[0]
+        raise GantryError(f"{src.description}: none of its {len(src)} files could be read "
+                          f"(the first, {first['file']}: {first['reason']})")
+    return entries, tally
 
 
-def _record(m: Manifest, src: Source, entries: list[ShardEntry]) -> None:
-    m.sources.append({"version": m.version, "source": src.description, "samples": len(src),
-                      "first_shard": entries[0].url, "shard_count": len(entries)})
-    m.shards.extend(entries)
-    m.save()
+def _publish(m: Manifest, staging: Path, entries: list[ShardEntry], record: dict) -> None:
+    """Move the staged shards into M's directory, then save the manifest, which commits them."""
+    moved = []
+    try:
+        for e in entries:
+            os.replace(staging / e.url, m.path(e))
+            moved.append(m.path(e))
+        m.sources.append(record)
+        m.shards.extend(entries)
+        m.save()
+    except BaseException:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _write(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on_error: str) -> None:
+    """Append SRC to M as new shards and commit, or fail leaving M's directory untouched."""
+    with tempfile.TemporaryDirectory(dir=m.root, prefix=".staging-") as staging:
+        entries, tally = _stage(m, src, labels, workers, on_error, Path(staging))
+        record = {"version": m.version, "source": src.description,
+                  "samples": sum(e.samples for e in entries),
+                  "first_shard": entries[0].url, "shard_count": len(entries),
+                  "skipped": tally.skipped, "fitted": dict(sorted(tally.fitted.items()))}
+        _publish(m, Path(staging), entries, record)
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise GantryError(f"--on-error must be one of {', '.join(ON_ERROR)}, got '{on_error}'")
+
+
+@contextlib.contextmanager
+def _new_dir(out: Path):
+    """Make OUT (and missing parents); if the body fails, remove the folders made here, which
+    the failed body has left empty, so the file system is as it was."""
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for p in made:   # deepest first
+            with contextlib.suppress(OSError):   # not empty: someone else wrote there; keep it
+                p.rmdir()
+        raise
 
 
 def build_shards(source: str, out: str | Path, resolution: int, *, shard_size: int = 1000,
                  filter: str = "box", pad: bool = False, limit: int | None = None,
-                 name: str | None = None, workers: int | None = None) -> Manifest:
-    """Write SOURCE as shards into OUT (new or empty of shards) at data version 1."""
+                 name: str | None = None, workers: int | None = None,
+                 on_error: str = "fail") -> Manifest:
+    """Write SOURCE as shards into OUT (new or empty of shards) at data version 1.
+
+    on_error: "fail" stops at the first file that does not decode; "skip" leaves such files out
+    and lists them in the manifest's source record.
+    """
+    _check_on_error(on_error)
     if resolution <= 0 or shard_size <= 0:
         raise GantryError(f"--resolution and --shard-size must be positive, got {resolution}, {shard_size}")
     out = Path(out)
@@ -92,21 +209,23 @@ def build_shards(source: str, out: str | Path, resolution: int, *, shard_size: i
         raise GantryError(f"{out} already holds shards; append with `gantry shards add {out} SOURCE`")
     transform = transform_name(pad, filter)
     src = load_source(source, resolution).head(limit)
-    out.mkdir(parents=True, exist_ok=True)
     m = Manifest(name=name or src.name, version=1, resolution=resolution, channels=src.channels,
                  transform=transform, shard_size=shard_size, classes=dict(src.classes),
                  sources=[], shards=[], root=out)
-    _record(m, src, _write_all(m, src, src.labels, workers))
+    with _new_dir(out):
+        _write(m, src, src.labels, workers, on_error)
     return m
 
 
 def add_shards(out: str | Path, source: str, *, limit: int | None = None,
-               workers: int | None = None) -> Manifest:
+               workers: int | None = None, on_error: str = "fail") -> Manifest:
     """Append SOURCE to an existing directory with its resolution and transform; bump the version.
 
     Class names already present keep their labels; new names get new labels (folders), while
     array and built-in labels are taken as they are and must not rename an existing class.
+    on_error is as for `build_shards`.
     """
+    _check_on_error(on_error)
     m = load_manifest(out)
     src = load_source(source, m.resolution).head(limit)
     if src.channels != m.channels and not (src.channels == 1 and m.channels == 3):
@@ -114,7 +233,7 @@ def add_shards(out: str | Path, source: str, *, limit: int | None = None,
     src.channels = m.channels
     labels = _merge_classes(m, src, folder=isinstance(src.items, list), origin=source)
     m.version += 1
-    _record(m, src, _write_all(m, src, labels, workers))
+    _write(m, src, labels, workers, on_error)
     return m
 
 

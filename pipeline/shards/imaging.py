@@ -47,6 +47,24 @@ def fit(img: np.ndarray, resolution: int, transform: str) -> np.ndarray:
     return out.reshape(resolution, resolution, c)
 
 
+def fit_steps(h: int, w: int, resolution: int, transform: str) -> tuple[str, ...]:
+    """What `fit` does to an h x w image: some of "centre-cropped", "resized", "padded"."""
+    if transform == "pad":
+        return ("padded",) if (h, w) != (resolution, resolution) else ()
+    return (("centre-cropped",) if h != w else ()) + (("resized",) if min(h, w) != resolution else ())
+
+
+def describe_fits(counts: dict[str, int], resolution: int, transform: str) -> str:
+    """Counts of `fit_steps` as words, so that a build says what it did to the user's pixels."""
+    size = f"{resolution}x{resolution}"
+    phrases = {"centre-cropped": ("non-square image", "centre-cropped to a square"),
+               "resized": ("image", f"resized to {size} ({transform.partition(':')[2]} filter)"),
+               "padded": ("image", f"zero-padded to {size}")}
+    parts = [f"{n} {noun}{'' if n == 1 else 's'} {verb}"
+             for step, (noun, verb) in phrases.items() if (n := counts.get(step, 0))]
+    return ", ".join(parts) or f"every image was already {size}"
+
+
 def encode_png(img: np.ndarray) -> bytes:
     """Lossless and byte-for-byte deterministic for a given Pillow/zlib: no timestamps, fixed level."""
     buf = io.BytesIO()

@@ -31,6 +31,7 @@ class Source:
     labels: np.ndarray        # int64, one per item
     classes: dict[int, str]   # label -> name
     channels: int
+    root: Path | None = None  # folder sources: what item paths are named relative to
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,7 +44,17 @@ class Source:
         labels = self.labels[:limit]
         used = set(labels.tolist())
         return Source(self.name, f"{self.description}, first {len(labels)}", self.items[:limit],
-                      labels, {k: v for k, v in self.classes.items() if k in used}, self.channels)
+                      labels, {k: v for k, v in self.classes.items() if k in used}, self.channels,
+                      self.root)
+
+    def item_name(self, item) -> str:
+        """How reports and the manifest name a file item: relative to the source folder."""
+        return Path(item).relative_to(self.root).as_posix()
+
+
+class UnreadableItem(GantryError):
+    """A source file that does not decode as an image; the message says why, without the path,
+    so that the caller can name the file as it reports it."""
 
 
 def load_item(item, channels: int) -> np.ndarray:
@@ -53,8 +64,8 @@ def load_item(item, channels: int) -> np.ndarray:
     try:
         with Image.open(item) as im:
             arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    except Exception as e:
-        raise GantryError(f"{item}: cannot read image ({type(e).__name__}: {e})") from None
+    except Exception as e:  # Pillow raises many types for corrupt or truncated files
+        raise UnreadableItem(f"cannot read image ({type(e).__name__}: {e})") from None
     return arr.reshape(arr.shape[0], arr.shape[1], channels)
 
 
@@ -134,17 +145,19 @@ def _folder(root: Path) -> Source:
         labels += [label] * len(files)
     if not paths:
         raise GantryError(f"{root}: no images found (expected class sub-folders of .png/.jpg files)")
-    # Grayscale only when every image is; opening reads just the header.
+    # Grayscale only when every image is; opening reads just the header. A file whose header
+    # does not read is left to the build, which decodes every file in order and applies its
+    # --on-error policy there, so that "the first bad file" means the same for every kind of flaw.
     modes = set()
     for f in paths:
         try:
             with Image.open(f) as im:
                 modes.add(im.mode)
-        except Exception as e:
-            raise GantryError(f"{f}: cannot read image ({type(e).__name__}: {e})") from None
+        except Exception:
+            continue
     channels = 1 if modes <= {"L", "1", "I;16", "I"} else 3
     return Source(root.name, f"folder {root.resolve()}", paths, np.array(labels, np.int64),
-                  {i: name for i, (name, _) in enumerate(groups)}, channels)
+                  {i: name for i, (name, _) in enumerate(groups)}, channels, root)
 
 
 def _arrays(path: Path) -> Source:

@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pipeline.shards import build_shards, load_manifest
 from pipeline.shards.manifest import sha256_bytes
@@ -63,3 +64,32 @@ def first_key(out: Path, shard: int) -> str:
     m = load_manifest(out)
     with tarfile.open(m.path(m.shards[shard])) as tar:
         return tar.next().name.split(".")[0]
+
+
+def png(path: Path, h: int, w: int, value: int) -> Path:
+    """A small grayscale PNG of one value, so that samples can be told apart after fitting."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w), value, np.uint8)).save(path)
+    return path
+
+
+def truncated_png(path: Path) -> Path:
+    """A PNG whose header reads (mode, size) but whose pixel data stops halfway."""
+    noise = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)   # barely compresses
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return path
+
+
+def messy_folder(root: Path) -> Path:
+    """Class folders a/ and b/ in sorted order: a/0 a/1 good, a/2_trunc.png truncated, b/3 good,
+    b/wide.png non-square (good, to be centre-cropped), b/x.jpg a text file."""
+    png(root / "a" / "0.png", 40, 40, 10)
+    png(root / "a" / "1.png", 40, 40, 20)
+    truncated_png(root / "a" / "2_trunc.png")
+    png(root / "b" / "3.png", 40, 40, 30)
+    png(root / "b" / "wide.png", 40, 60, 40)
+    (root / "b" / "x.jpg").write_text("not an image\n")
+    return root
