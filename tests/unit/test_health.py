@@ -78,6 +78,32 @@ def test_d_near_zero_alone_or_g_rising_alone_is_fine():
     assert all(d.ok for d in _feed(mon, [(1e-4 * 0.5 ** i, 0.3 * i) for i in range(40)]))
 
 
+def test_each_window_rule_has_its_own_off_switch():
+    # d_floor 0 turns off the D-wins rule only: losses far above max_loss are still divergence,
+    # and only once the window is full.
+    mon = HealthMonitor(policy="warn", window=6, d_floor=0.0, max_loss=50)
+    decisions = _feed(mon, [(300.0, 80.0)] * 6)
+    assert all(d.ok for d in decisions[:5])
+    assert decisions[5].action == "warn" and decisions[5].problem == "divergence"
+    assert "blew up" in decisions[5].reason
+    # max_loss 0 turns off the blow-up rule only: D collapsing while G climbs is still divergence.
+    mon = HealthMonitor(policy="stop", window=20, d_floor=0.05, g_rise=1.0, max_loss=0)
+    decisions = _feed(mon, _healthy_losses(30))
+    decisions += _feed(mon, [(1.2 * 0.7 ** i, 0.9 + 0.3 * i) for i in range(30)], start=30)
+    bad = [d for d in decisions if not d.ok]
+    assert bad and bad[0].problem == "divergence" and "D loss" in bad[0].reason
+    # Both off (the wgan-gp setting): neither pattern is flagged.
+    mon = HealthMonitor(policy="stop", window=6, d_floor=0.0, max_loss=0)
+    assert all(d.ok for d in _feed(mon, [(300.0, 80.0)] * 12 + [(1e-4, 0.5 * i) for i in range(12)]))
+
+
+def test_blow_up_rule_waits_for_a_full_window_after_a_rollback():
+    mon = HealthMonitor(policy="rollback", window=6, d_floor=0.0, max_loss=50, max_rollbacks=3)
+    decisions = _feed(mon, [(300.0, 80.0)] * 12)
+    assert [i for i, d in enumerate(decisions) if not d.ok] == [5, 11]
+    assert all(decisions[i].action == "rollback" for i in (5, 11))
+
+
 def test_diversity_collapse_is_mode_collapse():
     mon = HealthMonitor(policy="warn", collapse_ratio=0.3, warmup=3)
     g = torch.Generator().manual_seed(2)
