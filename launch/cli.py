@@ -1,11 +1,25 @@
 """The `gantry` command. Each sub-command lives in `launch/commands/<name>.py` and exposes
 `register(subparsers)`, which adds its parser with `set_defaults(func=run)`; `run(args)`
-returns the exit code. Heavy imports stay inside `run` so `gantry --help` is instant."""
+returns the exit code. Heavy imports stay inside `run` so `gantry --help` is instant.
+
+Exit codes: 0 done; 2 config or usage error, before any work starts; 1 failure while working
+(a GantryError, printed as one line); 130 interrupted (Ctrl-C, SIGINT); 143 terminated
+(SIGTERM: what `gantry jobs stop` (through Ray), Kubernetes and `kill` send).
+
+SIGTERM ends a command the way Ctrl-C does, not by the signal's default (instant death): it
+raises `Terminated` (a KeyboardInterrupt) in the main thread, so every `finally` and exit stack
+runs (a training run closes its tracking as KILLED and shuts its strategy down; its
+DataLoader workers end) and the command exits 143 promptly. A second SIGTERM during that
+cleanup ends the process at once. (`ray.init` installs Ray's own SIGTERM handler, sys.exit(15),
+in a process that starts or joins Ray as a driver.)
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from pipeline.config import ConfigError
 from pipeline.errors import GantryError
@@ -21,15 +35,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt, so that code written for Ctrl-C treats it as a stop
+    (pipeline/worker.py closes tracking as KILLED; torch's DataLoader workers exit quietly) and
+    `except Exception` cannot swallow it."""
+
+
+def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+def _handle_sigterm():
+    """Install `_terminate` for SIGTERM; returns the previous handler, or None where it was not
+    installed: off the main thread (Python allows handlers only there), or where SIGTERM is
+    ignored on purpose (SIG_IGN is kept, as Python keeps an ignored SIGINT)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:
+        return None
+    signal.signal(signal.SIGTERM, _terminate)
+    return signal.SIG_DFL if previous is None else previous  # None: a handler set outside Python
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # Dotted overrides may come after options too (`gantry train c.yaml --resume latest a.b=1`).
-    if extra:
-        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides += extra
+    # Without this a SIGTERM killed `gantry train` mid-step: no tracking close, no cleanup.
+    # Restored on return, so calling main() inside another program leaves its handler alone.
+    previous = _handle_sigterm()
     try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        # Dotted overrides may come after options too (`gantry train c.yaml --resume latest a.b=1`).
+        if extra:
+            if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides += extra
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"gantry: config error: {e}", file=sys.stderr)
@@ -37,9 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     except GantryError as e:
         print(f"gantry: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("gantry: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("gantry: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def render_rayjob(cfg: RunConfig, config_path: str, template: dict, image: str |
     job = copy.deepcopy(template)
     job["metadata"]["name"] = job_name(cfg.name)
     spec = job["spec"]
-    spec["entrypoint"] = f"gantry train {shlex.quote(config_path)} --workers {cfg.workers}"
+    # exec: the job's PID is gantry itself, so a stop signals it (see launch/submit.py).
+    spec["entrypoint"] = f"exec gantry train {shlex.quote(config_path)} --workers {cfg.workers}"
     runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}")
     if not isinstance(runtime_env, dict):
         raise GantryError("the overlay's RayJob runtimeEnvYAML is not a mapping")

@@ -18,6 +18,7 @@ dir only; a restart finds it there (it is newer than the launch), so no progress
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def _worker_loop(config: dict) -> None:
         ray.train.report(info, checkpoint=ckpt, checkpoint_dir_name=path.name if path else None,
                          delete_local_checkpoint_after_upload=False)
 
-    run = dict(strategy=None, shard_urls=config["shards"][rank], on_checkpoint=report)
+    run = dict(shard_urls=config["shards"][rank], on_checkpoint=report, tracking_run_id=config["tracking_run_id"])
     restored = ray.train.get_checkpoint()
     if restored is None:
         resume = _saved_since(cfg, config["launched"]) or config["resume"]
@@ -97,28 +98,32 @@ def _connect(address: str | None, workers: int) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+    # ray.init replaces the driver's SIGTERM handler with sys.exit(15); gantry's own (see
+    # launch/cli.py) stops training the way Ctrl-C does and exits 143, so it is put back.
+    sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address)
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False,
                  object_store_memory=512 * 2**20,
                  runtime_env={"worker_process_setup_hook": _quiet_placement_group_cleaner})
+    if sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
     return True
 
 
 def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = None,
-            max_failures: int = MAX_FAILURES) -> dict[str, float]:
-    """Train `cfg` on `cfg.workers` Ray workers; return rank 0's last report (step, kimg, eval)."""
+            max_failures: int = MAX_FAILURES, tracking_run_id: str | None = None) -> dict[str, float]:
+    """Train `cfg` on `cfg.workers` Ray workers; return rank 0's last report (its eval)."""
     import ray
     import ray.train
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from pipeline.strategy import COLLECTIVE_TIMEOUT_S
     from pipeline.worker import run_dir_for
 
-    if cfg.strategy.kind == "deepspeed" and cfg.train.precision == "fp16":  # fail before Ray, not after retries
-        raise GantryError("strategy deepspeed does not run train.precision fp16; use bf16 or fp32")
     shards = plan_worker_shards(cfg)  # before Ray starts: a bad data path fails fast
     started = _connect(address, cfg.workers)
     gpu = torch.cuda.is_available()
@@ -126,8 +131,9 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "resume": resume, "shards": shards,
+                           "tracking_run_id": tracking_run_id,
                            "cwd": os.getcwd(), "launched": time.time(), "threads": max(1, (os.cpu_count() or 1) // cfg.workers)},
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo", timeout_s=COLLECTIVE_TIMEOUT_S),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
         run_config=RayRunConfig(
             # One name per launch: a later launch resumes only when asked (--resume), while

@@ -21,17 +21,17 @@ Each attempt trains into its own run directory `<train.out_dir>/<name>-<UTC time
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.commands.history import CHAMPION
+from launch.launcher import launch
+from launch.registry import CHAMPION, register_run
+from pipeline.checkpoint import latest_checkpoint, read_meta
 from pipeline.config import RunConfig
 from pipeline.errors import GantryError
 
@@ -136,8 +136,7 @@ def retrain(cfg: RunConfig, force: bool = False) -> str:
         print(f"no champion for {name}: training from scratch on data {version} ({run_dir})", flush=True)
         run_id = train(cfg, run_dir)
         client.set_tag(run_id, "data_version", version)  # for toy data the worker tags only the source
-        register(uri, run_id, name, alias=CHAMPION)
-        challenger = _version_of(client, name, run_id)
+        challenger = register_run(uri, run_id, name, alias=CHAMPION)
         score = evaluate(cfg, run_dir / "checkpoints")
         _tag_both(client, name, challenger, run_id,
                   {"retrain_decision": "promoted", "data_version": version, "challenger_score": f"{score:.6g}"})
@@ -147,16 +146,15 @@ def retrain(cfg: RunConfig, force: bool = False) -> str:
     print(f"data {version} is new to champion {name} v{champion.version} (data {champion.data_version}): "
           f"training a challenger for {cfg.retrain.kimg:g} kimg ({run_dir})", flush=True)
     warm = _download_checkpoint(client, champion, run_dir / "warm-start")
-    meta = json.loads((warm / "meta.json").read_text())
+    meta = read_meta(warm)
     if meta["config"]["model"] != cfg.model.model_dump(mode="json"):
         raise GantryError(f"the model section differs from champion v{champion.version}'s, so it cannot warm-start; "
                           f"register a new model name (retrain.model_name)")
     cfg.train.kimg = meta["kimg"] + cfg.retrain.kimg
-    run_id = _challenger_run(client, uri, cfg, champion, version)
-    _point_at_run(warm, meta, run_id)
-    train(cfg, run_dir, resume=str(warm.resolve()))
-    register(uri, run_id, name)
-    challenger = _version_of(client, name, run_id)
+    run_id = _challenger_run(client, uri, cfg, champion)
+    train(cfg, run_dir, resume=str(warm.resolve()), tracking_run_id=run_id)
+    client.set_tag(run_id, "data_version", version)
+    challenger = register_run(uri, run_id, name)
     new, old = evaluate(cfg, run_dir / "checkpoints"), evaluate(cfg, warm)
     promoted = new - old > cfg.retrain.min_improvement
     if promoted:
@@ -172,20 +170,13 @@ def retrain(cfg: RunConfig, force: bool = False) -> str:
     return decision
 
 
-def train(cfg: RunConfig, run_dir: Path, resume: str | None = None) -> str:
-    """Train as `gantry train` would (Ray Train for several workers); returns the MLflow run id."""
-    from pipeline import checkpoint
-
-    if cfg.workers > 1:
-        from launch.ray_train import run_ray
-        run_ray(cfg, resume=resume)
-    else:
-        from launch.local import run_local
-        run_local(cfg, resume=resume)
-    latest = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+def train(cfg: RunConfig, run_dir: Path, resume: str | None = None, tracking_run_id: str | None = None) -> str:
+    """Train as `gantry train` would; returns the MLflow run id the run logged to."""
+    launch(cfg, resume=resume, tracking_run_id=tracking_run_id)
+    latest = latest_checkpoint(run_dir / "checkpoints")
     if latest is None:
         raise GantryError(f"training left no checkpoint under {run_dir / 'checkpoints'}")
-    return checkpoint.read_meta(latest)["tracking_run_id"]
+    return read_meta(latest)["tracking_run_id"]
 
 
 def evaluate(cfg: RunConfig, ckpt: Path) -> float:
@@ -208,33 +199,14 @@ def evaluate(cfg: RunConfig, ckpt: Path) -> float:
     return score
 
 
-def register(uri: str, run_id: str, name: str, alias: str | None = None) -> None:
-    from launch.commands import register as register_cmd
-
-    register_cmd.run(argparse.Namespace(run_id=run_id, name=name, alias=alias, checkpoint="latest", uri=uri))
-
-
-def _version_of(client, name: str, run_id: str) -> str:
-    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    return str(max(int(mv.version) for mv in versions))
-
-
-def _challenger_run(client, uri: str, cfg: RunConfig, champion: Champion, version: str) -> str:
-    """Create the challenger's MLflow run with what the worker logs only for fresh runs."""
-    from mlflow.entities import Param
-
+def _challenger_run(client, uri: str, cfg: RunConfig, champion: Champion) -> str:
+    """A new MLflow run, a child of the champion's, for the challenger to train into (the
+    worker logs its params and tags there)."""
     from pipeline.tracking.store import experiment_id
-    from pipeline.worker import _flatten
 
     exp = experiment_id(client, cfg.tracking.experiment, uri)
     run = client.create_run(exp, run_name=cfg.tracking.run_name or cfg.name, tags={
-        "mlflow.parentRunId": champion.run_id, "data_version": version,
-        "data_source": cfg.data.path or cfg.data.source, "challenger_of": champion.version,
-        "strategy": cfg.strategy.kind, "workers": str(cfg.workers),
-    })
-    params = [Param(k, str(v)) for k, v in _flatten(cfg.model_dump(mode="json")).items()]
-    for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=params[i:i + 100])
+        "mlflow.parentRunId": champion.run_id, "challenger_of": champion.version})
     return run.info.run_id
 
 
@@ -248,11 +220,6 @@ def _download_checkpoint(client, champion: Champion, dest: Path) -> Path:
     except (MlflowException, OSError):
         raise GantryError(f"champion v{champion.version}'s run {champion.run_id} has no artifact checkpoints/latest "
                           f"to warm-start from") from None
-
-
-def _point_at_run(ckpt: Path, meta: dict, run_id: str) -> None:
-    """Make a downloaded checkpoint resume into MLflow run `run_id` (the worker reads it there)."""
-    (ckpt / "meta.json").write_text(json.dumps({**meta, "tracking_run_id": run_id}, indent=1))
 
 
 def _tag_both(client, name: str, version: str, run_id: str, tags: dict[str, str]) -> None:

@@ -8,6 +8,10 @@ environment variables: every `MLFLOW_*` and `AWS_*` variable set here, plus any 
 `--env`. Their values go into the job's runtime env, visible to whoever can read the cluster's
 dashboard, but never into this command's output. A cluster with Ray's token authentication
 needs `RAY_AUTH_MODE=token` and the token (`RAY_AUTH_TOKEN` or `~/.ray/auth_token`) here.
+
+Stopping (`gantry jobs stop`): Ray sends SIGTERM to the job's `gantry train`, which ends the run
+cleanly (tracking closed as KILLED, exit 143; see launch/cli.py), and SIGKILL after
+`RAY_JOB_STOP_WAIT_TIME_S` seconds (STOP_GRACE_S here unless `--env` passes another value).
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ from pipeline.errors import GantryError
 PASS_THROUGH_PREFIXES = ("MLFLOW_", "AWS_")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60.0
+# How long Ray's job supervisor waits after its SIGTERM before it SIGKILLs the job (Ray's own
+# default is 3 s): time for `gantry train` to close its tracking run, flush and exit.
+STOP_GRACE_S = 30
 
 
 def connect(address: str | None):
@@ -46,8 +53,22 @@ def connect(address: str | None):
 
 
 def entrypoint(config: str, overrides: list[str], workers: int | None) -> str:
+    """The job's shell command. `exec`, so that no shell sits between Ray and `gantry train`.
+
+    Why: Ray (2.60, dashboard/modules/job/job_supervisor.py) runs the entrypoint with
+    `Popen(cmd, shell=True, start_new_session=True)` and stops a job by signalling the PIDs it
+    sees at that moment, `[shell] + shell.children(recursive=True)`: SIGTERM, then SIGKILL after
+    RAY_JOB_STOP_WAIT_TIME_S. It never signals the process group. Debian's /bin/sh (dash 0.5.12)
+    forks the command instead of exec'ing it, so a stop that lands while the job is starting (a
+    stop sent while the job is PENDING is acted on the moment the entrypoint starts) can list
+    only the shell: the shell dies of the SIGTERM and the `gantry train` it forks a moment later
+    is never signalled, reparented to PID 1, and trains on. Ray's backstop, a watcher shell that
+    kills the group once the supervisor exits, is itself SIGKILLed when the supervisor exits
+    (the core worker kills its children on exit: "Try killing all child processes of this
+    worker as it exits"), so nothing ever ends it; the job reads STOPPED all the same. With
+    `exec` the PID Ray started and signals is `gantry train` itself, at every moment."""
     words = ["gantry", "train", config, *overrides] + (["--workers", str(workers)] if workers else [])
-    return " ".join(shlex.quote(w) for w in words)
+    return "exec " + " ".join(shlex.quote(w) for w in words)
 
 
 def passed_env(extra: list[str]) -> dict[str, str]:
@@ -72,7 +93,9 @@ def submit(client, config: str, overrides: list[str], workers: int | None, worki
            env: dict[str, str]) -> str:
     """Submit the training job; returns its id."""
     command = entrypoint(relative_config(config, working_dir), overrides, workers)
-    runtime_env = {"working_dir": str(working_dir), "env_vars": env}
+    # The job supervisor actor gets the job's env_vars too: that is where it reads its grace.
+    runtime_env = {"working_dir": str(working_dir),
+                   "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), **env}}
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
@@ -83,6 +106,18 @@ def submit(client, config: str, overrides: list[str], workers: int | None, worki
                 time.sleep(1.0)
                 continue
             raise GantryError(f"the cluster refused the job: {str(e).splitlines()[0]}") from None
+
+
+def wait_ended(client, job_id: str, timeout: float) -> str | None:
+    """The job's final status once it has one, or None if it has none within `timeout` s.
+    A stopped job turns STOPPED only after every process Ray signalled has exited or been
+    SIGKILLed (after its grace), so STOPPED means the job's processes have ended."""
+    deadline = time.monotonic() + timeout
+    while (status := client.get_job_status(job_id).value) not in TERMINAL:
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)
+    return status
 
 
 def follow(client, job_id: str) -> str:

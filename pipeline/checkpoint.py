@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -121,7 +123,7 @@ def resolve_checkpoint(spec: str, root: str | Path) -> Path:
 
 def load_generator(path: str | Path):
     """-> (G_ema in eval mode, resolved RunConfig) from a checkpoint directory."""
-    from pipeline.build import build_networks
+    from pipeline.worker import build_networks
     from pipeline.config import from_dict
 
     path = resolve_checkpoint(str(path), Path(path))
@@ -130,3 +132,25 @@ def load_generator(path: str | Path):
     G, _ = build_networks(cfg, meta.get("channels", 2))
     G.load_state_dict(load_file(str(path / "G_ema.safetensors")))
     return G.eval(), cfg
+
+
+def capture_rng() -> dict:
+    """This process's RNG states (torch, CUDA, Python, NumPy) as tensors and plain lists, so
+    `state.pt` stays loadable with weights_only=True."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": list(random.getstate()[1]),
+        "numpy": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+        "numpy_pos": int(np_state["state"]["pos"]),
+    }
+
+
+def restore_rng(rng: dict) -> None:
+    """The inverse of `capture_rng`."""
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    random.setstate((3, tuple(rng["python"]), None))
+    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))

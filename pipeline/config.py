@@ -124,7 +124,7 @@ class EvalConfig(Section):
 class HealthConfig(Section):
     enabled: bool = True
     policy: Literal["warn", "stop", "rollback"] = "warn"
-    window: int = Field(20, ge=4, description="log reports the D-collapse rule looks back over")
+    window: int = Field(20, ge=4, description="log reports the D-collapse and max_loss rules look back over")
     d_floor: float = Field(0.05, ge=0, description="D loss below this counts as ~0; 0 turns the rule off")
     g_rise: float = Field(1.0, gt=0, description="G loss rise over the window that, with D ~ 0, is divergence")
     max_loss: float = Field(50.0, ge=0, description="mean D or G loss above this is divergence; 0 turns it off")
@@ -181,6 +181,9 @@ class RunConfig(Section):
             raise ValueError(f"train.batch ({self.train.batch}) is not divisible by workers ({self.workers})")
         if self.strategy.kind == "deepspeed" and self.strategy.zero_stage == 3 and self.loss.r1_gamma > 0:
             raise ValueError("strategy.zero_stage 3 cannot run R1 (loss.r1_gamma > 0); use stage 0-2")
+        if self.strategy.kind == "deepspeed" and self.train.precision == "fp16":
+            raise ValueError("strategy.kind 'deepspeed' cannot run train.precision 'fp16' (its fp16 "
+                             "engine holds fp16 weights); use bf16, fp32 or auto")
         if self.model.arch == "mlp" and self.data.source == "shards":
             raise ValueError("model.arch 'mlp' is for 2-D toy data; pick an image arch for shards")
         if self.model.arch == "mlp" and self.augment.kind != "none":
@@ -192,6 +195,11 @@ class RunConfig(Section):
     @property
     def is_toy(self) -> bool:
         return self.data.source != "shards"
+
+    def rank_batch(self, world_size: int) -> int:
+        """Each rank's share of the global batch, for the process group's actual size (which
+        make_strategy checks divides train.batch)."""
+        return self.train.batch // world_size
 
 
 def _parse_scalar(text: str) -> Any:

@@ -2,175 +2,93 @@
 
     for each phase (D_main x n_critic, D_r1 every r1_interval steps, G_main):
         make that network trainable, the other frozen
-        loss = phase.loss(G, D)                 # under autocast; reductions in fp32
+        draw what the phase needs (real batch + latents, latents, or the last batch)
+        loss = phase.loss(G, D, batch)          # under autocast; reductions in fp32
         strategy.backward(net, loss * gain)     # lazy regularizers scale by their interval
         strategy.step(net)                      # skipped and counted if the gradient is non-finite
     update G_ema; count images
 
+The trainer receives finished parts (pipeline/worker.py builds them) and only trains.
 Everything distributed hides behind `strategy`; everything logged goes through `tracker`.
 """
 from __future__ import annotations
 
-import copy
 import math
-import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.augment import Augment
 from models.ema import ema_beta, update_ema
-from models.losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from pipeline import checkpoint
-from pipeline.build import build_networks, build_optimizer
 from pipeline.config import RunConfig
 from pipeline.errors import GantryError
 from pipeline.evaluation import quality_score
 from pipeline.health import Decision, HealthMonitor
-from pipeline.precision import choose_precision
+from pipeline.phases import Batch, Phase
+from pipeline.precision import Precision
+from pipeline.step_stats import StepStats
 from pipeline.strategy import Strategy
 from pipeline.tracking import Tracker
 
-LossFn = Callable[[Callable, Callable], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-@dataclass
-class Phase:
-    name: str
-    net: str  # the network this phase updates: "G" or "D"
-    interval: int  # runs on steps divisible by this
-    repeat: int  # times per step (n_critic for D's main phase)
-    gain: float  # lazy regularization runs 1/interval as often, so it is scaled by interval
-    loss: LossFn  # (G, D) -> (per-sample loss, stats)
-
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, strategy: Strategy, stream, tracker: Tracker,
-                 run_dir: Path, evaluator, channels: int):
-        self.cfg, self.strategy, self.stream, self.tracker = cfg, strategy, stream, tracker
-        self.run_dir, self.evaluator, self.channels = Path(run_dir), evaluator, channels
+    def __init__(self, cfg: RunConfig, strategy: Strategy, G_ema: torch.nn.Module, phases: list[Phase],
+                 stream, precision: Precision, augment, tracker: Tracker, evaluator, health: HealthMonitor | None,
+                 run_dir: Path, channels: int, on_checkpoint: Callable[[Path | None, dict], None] | None = None):
+        """`cfg` gives the schedule (train.*) and base learning rates; `on_checkpoint(path, info)`
+        runs on every rank after each save (path on rank 0, None elsewhere): launchers use it to
+        report checkpoints, e.g. to Ray Train."""
+        self.cfg, self.strategy, self.G_ema, self.phases = cfg, strategy, G_ema, phases
+        self.stream, self.precision, self.augment, self.tracker = stream, precision, augment, tracker
+        self.evaluator, self.health, self.run_dir, self.channels = evaluator, health, Path(run_dir), channels
+        self.on_checkpoint = on_checkpoint
         self.device = strategy.device
-        self.local_batch = cfg.train.batch // strategy.world_size
-        self.precision = choose_precision(cfg.train, self.device, image_model=not cfg.is_toy)
-
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        G, D = build_networks(cfg, channels)
-        fmt = torch.channels_last if self.precision.channels_last else torch.preserve_format
-        G, D = G.to(self.device, memory_format=fmt), D.to(self.device, memory_format=fmt)
-        self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-        self.optimizers = {"G": build_optimizer(G.parameters(), cfg.g_optim),
-                           "D": build_optimizer(D.parameters(), cfg.d_optim)}
-        strategy.setup({"G": G, "D": D}, self.optimizers, self.precision)
-        a = cfg.augment
-        self.augment = Augment(a.kind, a.policy, a.ada_target, a.ada_interval, a.ada_kimg)
-        self.health = HealthMonitor.from_config(cfg.health) if cfg.health.enabled else None
-        if self.health and cfg.loss.kind == "wgan-gp":
-            self.health.d_floor = self.health.max_loss = 0.0  # critic values are unbounded by design
+        self.local_batch = cfg.rank_batch(strategy.world_size)
         self.lr_scale = 1.0  # lowered by health rollbacks
-        torch.manual_seed(cfg.seed * 1009 + strategy.rank)  # each rank draws its own latents
-        self.phases = self._phases()
         self.step = 0
         self.nimg = 0
         self.last_eval: dict[str, float] = {}
         self.best_score: float | None = None
-        self._sums: dict[str, torch.Tensor] = {}
-        self._real: torch.Tensor | None = None
-        # Called on every rank after each save (path on rank 0, None elsewhere); launchers use
-        # it to report checkpoints, e.g. to Ray Train.
-        self.on_checkpoint: Callable[[Path | None, dict], None] | None = None
+        self.stats = StepStats()
 
-    # ---- phases -------------------------------------------------------------------------
-
-    def _phases(self) -> list[Phase]:
-        c = self.cfg
-        phases = [Phase("D_main", "D", 1, c.train.n_critic, 1.0, self._d_main)]
-        if c.loss.r1_gamma > 0:
-            phases.append(Phase("D_r1", "D", c.loss.r1_interval, 1, float(c.loss.r1_interval), self._d_r1))
-        phases.append(Phase("G_main", "G", 1, 1, 1.0, self._g_main))
-        return phases
+    # ---- one step -----------------------------------------------------------------------
 
     def _latents(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.model.z_dim, device=self.device)
 
-    def _next_real(self) -> torch.Tensor:
+    def _draw(self, what: str, last: Batch | None) -> Batch:
+        if what == "same":
+            return last
+        if what == "latents":
+            return Batch(last.real if last else None, self._latents(self.local_batch))
         x, _ = next(self.stream)
         x = x.to(self.device, non_blocking=True)
         if x.dim() == 4 and self.precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def _d_main(self, G, D):
-        self._real = self._next_real()
-        with self.precision.autocast():
-            fake = G(self._latents(len(self._real)))  # an epoch's last batch may be short
-            real_logits, fake_logits = D(self.augment(self._real)), D(self.augment(fake))
-        self.augment.observe(real_logits, batch=self.cfg.train.batch, reduce=self.strategy.all_reduce_mean)
-        loss = d_loss(self.cfg.loss.kind, real_logits, fake_logits)
-        stats = {"D_real": real_logits.detach().float().mean(), "D_fake": fake_logits.detach().float().mean()}
-        if self.cfg.loss.kind == "wgan-gp":
-            gp = gradient_penalty(lambda x: D(self.augment(x)), self._real, fake)
-            loss = loss + self.cfg.loss.gp_weight * gp
-            stats["gp"] = gp.detach().mean()
-        return loss, stats
-
-    def _d_r1(self, G, D):
-        r1 = r1_penalty(lambda x: D(self.augment(x)), self._real)
-        return r1 * (self.cfg.loss.r1_gamma / 2), {"r1": r1.detach().mean()}
-
-    def _g_main(self, G, D):
-        with self.precision.autocast():
-            fake_logits = D(self.augment(G(self._latents(self.local_batch))))
-        return g_loss(self.cfg.loss.kind, fake_logits), {}
-
-    # ---- one step -----------------------------------------------------------------------
+        return Batch(x, self._latents(len(x)))  # an epoch's last batch may be short
 
     def train_step(self) -> None:
+        batch = None
+        G, D = self.strategy.module("G"), self.strategy.module("D")
         for phase in self.phases:
             if self.step % phase.interval:
                 continue
-            for name in ("G", "D"):
-                self.strategy.module(name).requires_grad_(name == phase.net)
-            G = self.strategy.forward_fn("G", training=phase.net == "G")
-            D = self.strategy.forward_fn("D", training=phase.net == "D")
+            G.requires_grad_(phase.net == "G")
+            D.requires_grad_(phase.net == "D")
             for _ in range(phase.repeat):
-                loss, stats = phase.loss(G, D)
+                batch = self._draw(phase.draws, batch)
+                loss, stats = phase.loss(G, D, batch)
                 loss = loss.mean()
                 self.strategy.backward(phase.net, loss * phase.gain)
                 norm = self.strategy.step(phase.net)
-                self._accumulate(phase.name, loss.detach(), norm, stats)
+                self.stats.add(phase.name, loss.detach(), norm, stats)
         self.nimg += self.cfg.train.batch * self.cfg.train.n_critic
         self.step += 1
         t = self.cfg.train
-        beta = ema_beta(t.batch, self.nimg, t.ema_kimg, t.ema_rampup)
-        update_ema(self.G_ema, self.strategy.module("G"), beta)
-
-    def _accumulate(self, phase: str, loss, norm, stats) -> None:
-        # Sums stay on the device; they are read once per log interval, not every step.
-        finite = torch.isfinite(norm)
-        values = {f"{phase}/loss": torch.where(finite, loss, 0.0), f"{phase}/grad_norm": torch.where(finite, norm, 0.0),
-                  f"{phase}/count": finite.float(), f"{phase}/skipped": (~finite).float()}
-        values.update({f"{phase}/{k}": torch.where(finite, v, 0.0) for k, v in stats.items()})
-        for k, v in values.items():
-            self._sums[k] = self._sums.get(k, 0.0) + v.float()
-
-    def _read_metrics(self) -> dict[str, float]:
-        sums = {k: self.strategy.all_reduce_mean(v).item() for k, v in self._sums.items()}
-        self._sums = {}
-        runs = sum(v for k, v in sums.items() if k.endswith(("/count", "/skipped")))
-        skipped = sum(v for k, v in sums.items() if k.endswith("/skipped"))
-        out = {"skipped_share": skipped / max(runs, 1e-12)}
-        for k, v in sums.items():
-            phase, stat = k.split("/", 1)
-            if stat == "skipped":
-                out[k] = v * self.strategy.world_size
-            elif stat != "count":
-                out[k] = v / max(sums[f"{phase}/count"], 1e-12)
-        return out
+        update_ema(self.G_ema, G, ema_beta(t.batch, self.nimg, t.ema_kimg, t.ema_rampup))
 
     # ---- the run ------------------------------------------------------------------------
 
@@ -183,7 +101,7 @@ class Trainer:
         return math.floor(self.nimg / every) > math.floor(before / every)
 
     def train(self) -> dict[str, float]:
-        cfg, total_nimg = self.cfg, int(self.cfg.train.kimg * 1000)
+        t, total_nimg = self.cfg.train, int(self.cfg.train.kimg * 1000)
         bar = tqdm(total=total_nimg, initial=self.nimg, unit="img", unit_scale=True,
                    disable=self.strategy.rank != 0, dynamic_ncols=True, mininterval=1.0)
         window_t, window_nimg = time.perf_counter(), self.nimg
@@ -191,12 +109,12 @@ class Trainer:
             before = self.nimg
             self.train_step()
             done = self.nimg >= total_nimg
-            if self.step % cfg.train.log_every == 0 or done:
+            if self.step % t.log_every == 0 or done:
                 now = time.perf_counter()
-                metrics = self._read_metrics()
+                metrics = self.stats.read(self.strategy.all_reduce_mean)
                 metrics["img_per_s"] = (self.nimg - window_nimg) / max(now - window_t, 1e-9)
                 metrics["kimg"] = self.kimg
-                metrics["lr_G"], metrics["lr_D"] = cfg.g_optim.lr * self.lr_scale, cfg.d_optim.lr * self.lr_scale
+                metrics["lr_G"], metrics["lr_D"] = self.cfg.g_optim.lr * self.lr_scale, self.cfg.d_optim.lr * self.lr_scale
                 metrics["augment_p"] = self.augment.p
                 window_t, window_nimg = now, self.nimg
                 if self.step >= self.tracker.start_step:  # a resumed run already logged up to there
@@ -210,9 +128,9 @@ class Trainer:
                     bar.update(self.nimg)
                     window_nimg = self.nimg
                     continue
-            if self._crossed(cfg.train.eval_kimg, before) or done:
+            if self._crossed(t.eval_kimg, before) or done:
                 self.evaluate()
-            if self._crossed(cfg.train.checkpoint_kimg, before) or done:
+            if self._crossed(t.checkpoint_kimg, before) or done:
                 self.save()
         bar.close()
         return self.last_eval
@@ -244,22 +162,25 @@ class Trainer:
         lr_scale = self.lr_scale * decision.lr_scale
         self.load(last_good)
         self.set_lr_scale(lr_scale)
-        self._sums = {}
+        self.stats.clear()
         tqdm.write(f"gantry: rolled back to {last_good.name}, learning rates x{lr_scale:g}")
         return True
 
     def set_lr_scale(self, scale: float) -> None:
         self.lr_scale = scale
-        base = {"G": self.cfg.g_optim.lr, "D": self.cfg.d_optim.lr}
-        for name, opt in self.optimizers.items():
-            for group in opt.param_groups:
-                group["lr"] = base[name] * scale
+        self.strategy.set_lr("G", self.cfg.g_optim.lr * scale)
+        self.strategy.set_lr("D", self.cfg.d_optim.lr * scale)
 
     # ---- checkpoints --------------------------------------------------------------------
 
     def save(self) -> Path | None:
         self.strategy.barrier()
-        state = self._state()  # collective: gathers every rank's data position and RNG
+        state = {  # collective: every rank's data position and RNG
+            "step": self.step, "nimg": self.nimg, "lr_scale": self.lr_scale,
+            "augment": self.augment.state_dict(), "strategy": self.strategy.state_dict(),
+            "data": self.strategy.all_gather_object(self.stream.state_dict()),  # by rank
+            "rng": self.strategy.all_gather_object(checkpoint.capture_rng()),
+        }
         path = None
         score = quality_score(self.last_eval)
         improved = score is not None and (self.best_score is None or score > self.best_score)
@@ -281,22 +202,6 @@ class Trainer:
             self.on_checkpoint(path, {"step": self.step, "kimg": self.kimg, **self.last_eval})
         return path
 
-    def _state(self) -> dict:
-        np_state = np.random.get_state(legacy=False)
-        return {
-            "step": self.step, "nimg": self.nimg, "lr_scale": self.lr_scale,
-            "augment": self.augment.state_dict(),
-            "strategy": self.strategy.state_dict(),
-            "data": self.strategy.all_gather_object(self.stream.state_dict()),  # by rank
-            "rng": self.strategy.all_gather_object({
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": list(random.getstate()[1]),
-                "numpy": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                "numpy_pos": int(np_state["state"]["pos"]),
-            }),
-        }
-
     def load(self, path: Path) -> None:
         weights, state, meta = checkpoint.load_checkpoint(path)
         self.strategy.module("G").load_state_dict(weights["G"])
@@ -311,9 +216,4 @@ class Trainer:
         self.set_lr_scale(float(state["lr_scale"]))
         self.last_eval = meta.get("eval", {})
         self.best_score = meta.get("best_score")
-        rng = state["rng"][mine]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate((3, tuple(rng["python"]), None))
-        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
+        checkpoint.restore_rng(state["rng"][mine])

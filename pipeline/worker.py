@@ -1,15 +1,27 @@
-"""Everything one training worker does, whoever launched it (local process or Ray Train):
-build the strategy, data stream, tracker and trainer from the config; resume; train; close."""
+"""Everything one training worker does, whoever launched it (local process or Ray Train).
+
+`train_worker` is the one place a run is built. Parts are made in the order they depend on
+each other, under one ExitStack: whatever fails after the process group or the tracker
+started (a corrupt resume checkpoint, a DeepSpeed world-size mismatch, a data error) still
+ends the MLflow run as FAILED and shuts the strategy down without entering a collective.
+"""
 from __future__ import annotations
 
+import contextlib
+import copy
+import subprocess
 from pathlib import Path
 
 import torch
 
+from models.augment import Augment
 from pipeline import checkpoint
-from pipeline.config import RunConfig, to_yaml
+from pipeline.config import OptimConfig, RunConfig, to_yaml
 from pipeline.evaluation import ImageEvaluator, MixtureEvaluator, no_evaluation
+from pipeline.health import HealthMonitor
 from pipeline.mixtures import MixtureStream
+from pipeline.phases import build_phases
+from pipeline.precision import choose_precision
 from pipeline.strategy import Strategy, make_strategy
 from pipeline.tracking import Tracker
 from pipeline.trainer import Trainer
@@ -20,13 +32,51 @@ def run_dir_for(cfg: RunConfig) -> Path:
 
 
 def make_stream(cfg: RunConfig, rank: int, world_size: int, shard_urls: list[str] | None = None):
-    local_batch = cfg.train.batch // world_size
     d = cfg.data
     if cfg.is_toy:
-        return MixtureStream(d.source, d.modes, d.std, d.radius, local_batch, seed=cfg.seed * 7919 + rank)
+        return MixtureStream(d.source, d.modes, d.std, d.radius, cfg.rank_batch(world_size), seed=cfg.seed * 7919 + rank)
     from pipeline.data import ShardStream
     return ShardStream.from_config(d, rank=rank, world_size=world_size, seed=cfg.seed,
-                                   batch=local_batch, shards=shard_urls)
+                                   batch=cfg.rank_batch(world_size), shards=shard_urls)
+
+
+def build_networks(cfg: RunConfig, channels: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The only place that maps `model.arch` to a class."""
+    m = cfg.model
+    if m.arch == "mlp":
+        from models.mlp import MLPDiscriminator, MLPGenerator
+        return MLPGenerator(m.z_dim, m.g_width, m.depth), MLPDiscriminator(m.d_width, m.depth)
+    if m.arch == "dcgan":
+        from models.dcgan import DCGANDiscriminator, DCGANGenerator
+        return (DCGANGenerator(m.z_dim, m.resolution, channels, m.g_width),
+                DCGANDiscriminator(m.resolution, channels, m.d_width))
+    if m.arch == "resnet":
+        from models.resnet import ResNetDiscriminator, ResNetGenerator
+        return (ResNetGenerator(m.z_dim, m.resolution, channels, m.g_width),
+                ResNetDiscriminator(m.resolution, channels, m.d_width))
+    if m.arch == "stylegan2":
+        from models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+        return (StyleGAN2Generator(m.z_dim, m.w_dim, m.resolution, channels, m.g_width, m.mapping_layers),
+                StyleGAN2Discriminator(m.resolution, channels, m.d_width))
+    raise ValueError(f"unknown model.arch {m.arch!r}")
+
+
+def build_optimizer(params, o: OptimConfig) -> torch.optim.Optimizer:
+    # fused: one kernel per step instead of a dozen ops per tensor; on small nets (the toys)
+    # the per-tensor loop costs more than the math.
+    return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), fused=True)
+
+
+def make_networks(cfg: RunConfig, strategy: Strategy, precision, channels: int) -> torch.nn.Module:
+    """G and D with their optimizers, handed to the strategy; returns G_ema, a copy of G."""
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    G, D = build_networks(cfg, channels)
+    fmt = torch.channels_last if precision.channels_last else torch.preserve_format
+    G, D = G.to(strategy.device, memory_format=fmt), D.to(strategy.device, memory_format=fmt)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    strategy.setup({"G": G, "D": D}, {"G": build_optimizer(G.parameters(), cfg.g_optim),
+                                      "D": build_optimizer(D.parameters(), cfg.d_optim)}, precision)
+    return G_ema
 
 
 def make_tracker(cfg: RunConfig, rank: int, resume_run_id: str | None, run_dir: Path) -> Tracker:
@@ -37,22 +87,13 @@ def make_tracker(cfg: RunConfig, rank: int, resume_run_id: str | None, run_dir: 
                          spool_dir=run_dir / "mlflow-spool")
 
 
-def run_tags(cfg: RunConfig, stream, strategy: Strategy, precision) -> dict[str, str]:
-    """What a user filters runs by: code version, data version, how it was run."""
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        commit = ""
-    manifest = getattr(stream, "manifest", None)
-    return {
-        "git_commit": commit or "unknown",
-        "data_version": str(manifest.version) if manifest else cfg.data.source,
-        "data_source": cfg.data.path or cfg.data.source,
-        "strategy": cfg.strategy.kind, "workers": str(strategy.world_size),
-        "precision": precision.name, "channels_last": str(precision.channels_last),
-    }
+def make_health(cfg: RunConfig) -> HealthMonitor | None:
+    if not cfg.health.enabled:
+        return None
+    h = cfg.health
+    if cfg.loss.kind == "wgan-gp":  # critic values are unbounded by design: no loss-level rules
+        h = h.model_copy(update={"d_floor": 0.0, "max_loss": 0.0})
+    return HealthMonitor.from_config(h)
 
 
 def make_evaluator(cfg: RunConfig, stream, run_dir: Path, device, comm=None):
@@ -72,50 +113,68 @@ def make_evaluator(cfg: RunConfig, stream, run_dir: Path, device, comm=None):
                           seed=cfg.seed + 12345, comm=comm)
 
 
-def train_worker(cfg: RunConfig, resume: str | None = None, strategy: Strategy | None = None,
-                 shard_urls: list[str] | None = None, on_checkpoint=None) -> dict[str, float]:
+def run_tags(cfg: RunConfig, stream, strategy: Strategy, precision) -> dict[str, str]:
+    """What a user filters runs by: code version, data version, how it was run."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
+    manifest = getattr(stream, "manifest", None)
+    return {
+        "git_commit": commit or "unknown",
+        "data_version": str(manifest.version) if manifest else cfg.data.source,
+        "data_source": cfg.data.path or cfg.data.source,
+        "strategy": cfg.strategy.kind, "workers": str(strategy.world_size),
+        "precision": precision.name, "channels_last": str(precision.channels_last),
+    }
+
+
+def train_worker(cfg: RunConfig, resume: str | None = None, shard_urls: list[str] | None = None,
+                 on_checkpoint=None, tracking_run_id: str | None = None) -> dict[str, float]:
     """Train to cfg.train.kimg and return the last evaluation. `resume`: 'latest' or a path.
-    `on_checkpoint(path, info)` runs on every rank after each save (see Trainer.save)."""
+    `on_checkpoint(path, info)` runs on every rank after each save (see Trainer.save).
+    `tracking_run_id`: log into this existing MLflow run (its params and tags are logged
+    here) instead of the resumed checkpoint's run or a new one."""
     if cfg.is_toy:
         # The toy MLP's matmuls are too small to split: one thread is faster (measured ~2x on
         # two cores) and does not collapse when another process competes for the cores.
         torch.set_num_threads(1)
-    strategy = strategy or make_strategy(cfg)
     run_dir = run_dir_for(cfg)
-    ckpt = checkpoint.resolve_checkpoint(resume, run_dir / "checkpoints") if resume else None
-    resume_run_id = checkpoint.read_meta(ckpt).get("tracking_run_id") if ckpt else None
-    stream = make_stream(cfg, strategy.rank, strategy.world_size, shard_urls)
-    tracker = make_tracker(cfg, strategy.rank, resume_run_id, run_dir)
-    evaluator = make_evaluator(cfg, stream, run_dir, strategy.device, strategy)
-    trainer = Trainer(cfg, strategy, stream, tracker, run_dir, evaluator, channels=stream.channels)
-    trainer.on_checkpoint = on_checkpoint
-    if ckpt:
-        trainer.load(ckpt)
-    else:
-        tracker.log_params(_flatten(cfg.model_dump(mode="json")))
-        tracker.set_tags(run_tags(cfg, stream, strategy, trainer.precision))
-    if strategy.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        tracker.log_artifact(str(run_dir / "config.yaml"))
-        print(f"gantry: {cfg.name}: precision {trainer.precision.name}, channels_last "
-              f"{trainer.precision.channels_last}, device {strategy.device}, workers {strategy.world_size}"
-              + (f", resumed from {ckpt} at kimg {trainer.kimg:.2f}" if ckpt else ""), flush=True)
-    status = "FAILED"
-    try:
-        result = trainer.train()
-        status = "FINISHED"
-        return result
-    finally:
-        tracker.close(status)
-        strategy.shutdown()
+    with contextlib.ExitStack() as stack:
+        strategy = make_strategy(cfg)
+        stack.push(lambda kind, exc, tb: strategy.shutdown(failed=kind is not None))
+        ckpt = checkpoint.resolve_checkpoint(resume, run_dir / "checkpoints") if resume else None
+        precision = choose_precision(cfg.train, strategy.device, image_model=not cfg.is_toy)
+
+        stream = make_stream(cfg, strategy.rank, strategy.world_size, shard_urls)
+        G_ema = make_networks(cfg, strategy, precision, stream.channels)
+        a = cfg.augment
+        augment = Augment(a.kind, a.policy, a.ada_target, a.ada_interval, a.ada_kimg)
+        phases = build_phases(cfg, augment, precision, reduce=strategy.all_reduce_mean)
+
+        resumed_run = checkpoint.read_meta(ckpt).get("tracking_run_id") if ckpt else None
+        tracker = make_tracker(cfg, strategy.rank, tracking_run_id or resumed_run, run_dir)
+        stack.push(lambda kind, exc, tb: tracker.close(_status(kind)))
+        evaluator = make_evaluator(cfg, stream, run_dir, strategy.device, strategy)
+        torch.manual_seed(cfg.seed * 1009 + strategy.rank)  # each rank draws its own latents
+        trainer = Trainer(cfg, strategy, G_ema, phases, stream, precision, augment, tracker, evaluator,
+                          make_health(cfg), run_dir, stream.channels, on_checkpoint)
+        if ckpt:
+            trainer.load(ckpt)
+        if not ckpt or tracking_run_id:
+            tracker.log_params(cfg.model_dump(mode="json"))
+            tracker.set_tags(run_tags(cfg, stream, strategy, precision))
+        if strategy.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+            tracker.log_artifact(str(run_dir / "config.yaml"))
+            print(f"gantry: {cfg.name}: precision {precision.name}, channels_last {precision.channels_last}, "
+                  f"device {strategy.device}, workers {strategy.world_size}"
+                  + (f", resumed from {ckpt} at kimg {trainer.kimg:.2f}" if ckpt else ""), flush=True)
+        return trainer.train()
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _status(exc_type) -> str:
+    if exc_type is None:
+        return "FINISHED"
+    return "KILLED" if issubclass(exc_type, (KeyboardInterrupt, SystemExit)) else "FAILED"

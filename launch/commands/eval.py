@@ -22,7 +22,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
-    from launch.sources import load_generator_from
+    from launch.registry import load_generator_from
     from pipeline.config import with_overrides
     from pipeline.errors import GantryError
     from pipeline.evaluation import generate

@@ -14,9 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from launch.registry import CHAMPION
 from pipeline.errors import GantryError
-
-CHAMPION = "champion"
 
 
 def register(subparsers) -> None:

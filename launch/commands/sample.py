@@ -20,7 +20,7 @@ def run(args) -> int:
 
     import numpy as np
 
-    from launch.sources import load_generator_from
+    from launch.registry import load_generator_from
     from pipeline.errors import GantryError
     from pipeline.evaluation import generate
     from pipeline.visuals import image_grid, save_png

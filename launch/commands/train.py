@@ -34,16 +34,11 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    from launch.launcher import launch
+
     cfg = config_from_args(args)
-    launcher = args.launcher or ("ray" if cfg.workers > 1 else "local")
-    if launcher == "ray":
-        from launch.ray_train import run_ray
-
-        result = run_ray(cfg, resume=args.resume, address=args.address, max_failures=args.max_failures)
-    else:
-        from launch.local import run_local
-
-        result = run_local(cfg, resume=args.resume)
+    result = launch(cfg, resume=args.resume, launcher=args.launcher, address=args.address,
+                    max_failures=args.max_failures)
     if result:
         print("gantry: final " + ", ".join(f"{k} {v:g}" for k, v in result.items()))
     return 0

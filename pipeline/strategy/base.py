@@ -1,7 +1,6 @@
 """The interface between the trainer and whatever distributes it."""
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
@@ -9,13 +8,23 @@ from torch import nn
 
 from pipeline.precision import Precision
 
+# How long a rank waits inside one collective before the group fails and the launcher
+# restarts it from the last checkpoint. Longest legitimate waits measured on the 2-core CPU
+# machine: rank 0 preparing the image metrics at the first evaluation while the others wait
+# in a barrier, 87-140 s (eval defaults on all of MNIST; more with eval.classifier_steps or
+# eval.n_real, hours with Inception features); DeepSpeed's first comm-op build, ~120 s, when
+# ranks build it unequally (node-local caches); a checkpoint save, < 1 s. Five minutes keeps
+# 2x margin and ends a hang long before the 30 minutes gloo and Ray Train default to.
+COLLECTIVE_TIMEOUT_S = 300
+
 
 class Strategy:
     """Holds G and D (names 'G' and 'D') with their optimizers for one worker.
 
-    Lifecycle: `setup(nets, optimizers, precision)` once, then per phase
-    `forward_fn(name, training)`, `backward(name, loss)`, `step(name)`; `state_dict()` for
-    checkpoints; `shutdown()` at the end.
+    `setup(nets, optimizers, precision)` once. Every forward, in every phase, goes through
+    `module(name)`, the bare network; then `backward(name, loss)` and `step(name)` update it.
+    `state_dict()` / `load_state_dict()` for checkpoints, `set_lr` after a rollback or resume,
+    and `shutdown(failed)` exactly once at the end.
     """
 
     rank: int = 0
@@ -27,12 +36,7 @@ class Strategy:
         raise NotImplementedError
 
     def module(self, name: str) -> nn.Module:
-        """The bare network, for EMA, checkpoints and sampling."""
-        raise NotImplementedError
-
-    def forward_fn(self, name: str, training: bool) -> Callable[..., torch.Tensor]:
-        """What to call to run `name`: its wrapped form when the phase updates it, the bare
-        module when it is only evaluated inside another network's phase."""
+        """The bare network: for every forward, EMA, checkpoints and sampling."""
         raise NotImplementedError
 
     def backward(self, name: str, loss: torch.Tensor) -> None:
@@ -43,7 +47,12 @@ class Strategy:
         Returns the gradient norm (a 0-d tensor; non-finite means the step was skipped)."""
         raise NotImplementedError
 
+    def set_lr(self, name: str, lr: float) -> None:
+        """Set the learning rate of every parameter group of `name`'s optimizer."""
+        raise NotImplementedError
+
     def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Collective: the mean of `t` over ranks."""
         return t
 
     def all_gather_object(self, obj) -> list:
@@ -52,13 +61,24 @@ class Strategy:
 
     def barrier(self) -> None: ...
 
-    def no_sync(self, name: str):
-        return contextlib.nullcontext()
-
     def state_dict(self) -> dict:
         raise NotImplementedError
 
     def load_state_dict(self, state: dict) -> None:
         raise NotImplementedError
 
-    def shutdown(self) -> None: ...
+    def shutdown(self, failed: bool = False) -> None:
+        """Release the networks and leave the process group. With `failed` (this rank raised)
+        it enters no collective: the others may be waiting in a different one, and a rank that
+        waits for them there would hold the whole group until the collective timeout."""
+
+
+def step_if_finite(module: nn.Module, device: torch.device, step: Callable[[], None]) -> torch.Tensor:
+    """Call `step()` only if the total norm of the gradients `module` holds is finite (0 when
+    it holds none); return the norm. The one host sync of a phase: a non-finite update must
+    never reach the weights."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+    if torch.isfinite(norm):
+        step()
+    return norm

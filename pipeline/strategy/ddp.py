@@ -12,16 +12,19 @@ fails ("Expected to have finished reduction in the prior iteration"). A flat all
 time reduces exactly the gradients that exist, whatever graph produced them.
 
 The process group is the launcher's (Ray Train or torchrun create it); without one, it is
-created from the usual env:// variables.
+created from the usual env:// variables, with COLLECTIVE_TIMEOUT_S.
 """
 from __future__ import annotations
 
+import gc
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.strategy.base import COLLECTIVE_TIMEOUT_S
 from pipeline.strategy.single import SingleStrategy
 
 
@@ -30,7 +33,24 @@ def init_process_group() -> None:
     if dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    dist.init_process_group(backend, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+
+
+def leave_process_group(failed: bool) -> None:
+    """Destroy the process group; first wait for every rank, unless this one failed.
+
+    gloo ranks abort at exit ("terminate called without an active exception") when the group
+    dies with live tensors or work objects: callers drop theirs first, and gc collects them.
+    A rank that failed must not enter a collective: the others may sit in a different one (a
+    gradient all-reduce), and both would wait there until the collective timeout. Without the
+    barrier it destroys its end at once; the others' pending collective then fails when the
+    connection closes, and the launcher restarts the group."""
+    gc.collect()
+    if not dist.is_initialized():
+        return
+    if not failed:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def local_device() -> torch.device:
@@ -65,9 +85,17 @@ def average_gradients(module: nn.Module, world_size: int) -> None:
 
 
 class ProcessGroupCollectives:
-    """The collectives every multi-process strategy shares, over torch.distributed."""
+    """The collectives and the way out of the group that every multi-process strategy shares."""
 
     world_size: int
+
+    def _release(self) -> None:
+        """Drop every reference to networks, optimizers and engines."""
+        raise NotImplementedError
+
+    def shutdown(self, failed: bool = False):
+        self._release()
+        leave_process_group(failed)
 
     def all_reduce_mean(self, t):
         t = t.detach().clone()
@@ -100,13 +128,5 @@ class DDPStrategy(ProcessGroupCollectives, SingleStrategy):
         average_gradients(self.nets[name], self.world_size)
         return super().step(name)
 
-    def shutdown(self):
-        # gloo ranks abort at exit ("terminate called without an active exception") when the
-        # process group dies with live tensors/work objects: drop ours, sync, then destroy.
-        import gc
-
+    def _release(self):
         self.nets = self.opts = self.scalers = None
-        gc.collect()
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()

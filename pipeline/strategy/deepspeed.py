@@ -3,8 +3,8 @@
 - ZeRO stage 0, 1 or 2 (`strategy.zero_stage`; 3 with R1 is refused by the config schema).
 - Engines keep fp32 weights; bf16 comes from the trainer's autocast, as for every strategy.
   DeepSpeed's own bf16/fp16 modes cast the module to half precision, which G_ema (fp32) and
-  the checkpoints cannot follow, so fp16 is refused with a clear error. Each engine has its
-  own loss scale state (never one shared by G and D); in fp32 it stays at 1.
+  the checkpoints cannot follow, so the config schema refuses train.precision fp16 here. Each
+  engine has its own loss scale state (never one shared by G and D); in fp32 it stays at 1.
 - Weights are made contiguous before `initialize`: DeepSpeed broadcasts parameters viewed as
   bytes, which channels_last conv weights cannot be (activations stay channels_last).
 - Networks are always called through `engine.module`: a call through the engine itself arms
@@ -20,14 +20,14 @@
 - The trainer freezes the network a phase does not update, so D takes no gradient from G's
   step and ZeRO's hooks on D stay silent there.
 - A step whose gradient is non-finite is skipped: ZeRO 1/2 check for overflow themselves;
-  stage 0 (the bare client optimizer) is checked here.
+  stage 0 (the bare client optimizer) takes the same check as the single strategy.
+- `set_lr` writes the torch optimizer's param groups, which ZeRO's wrapper steps with.
 
-The comm op DeepSpeed JIT-builds at first init (18-60 s) is cached in TORCH_EXTENSIONS_DIR
+The comm op DeepSpeed JIT-builds at first init (18-120 s here) is cached in TORCH_EXTENSIONS_DIR
 (default ~/.cache/gantry/torch_extensions), so only the first run on a machine pays it.
 """
 from __future__ import annotations
 
-import gc
 import os
 from pathlib import Path
 
@@ -35,16 +35,16 @@ import torch
 import torch.distributed as dist
 
 from pipeline.errors import GantryError
-from pipeline.strategy.base import Strategy
+from pipeline.strategy.base import Strategy, step_if_finite
 from pipeline.strategy.ddp import (ProcessGroupCollectives, average_gradients, broadcast_module, init_process_group,
                                    local_device)
 
 
-def engine_config(local_batch: int, world_size: int, zero_stage: int) -> dict:
+def engine_config(micro_batch: int, world_size: int, zero_stage: int) -> dict:
     """The DeepSpeed config of one network's engine."""
     return {
-        "train_micro_batch_size_per_gpu": local_batch,
-        "train_batch_size": local_batch * world_size,
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "train_batch_size": micro_batch * world_size,
         "gradient_accumulation_steps": 1,
         "zero_optimization": {"stage": zero_stage},
         # The trainer builds Adam itself (same optimizer for every strategy).
@@ -55,32 +55,27 @@ def engine_config(local_batch: int, world_size: int, zero_stage: int) -> dict:
 
 
 class DeepSpeedStrategy(ProcessGroupCollectives, Strategy):
-    def __init__(self, zero_stage: int, local_batch: int):
+    def __init__(self, zero_stage: int, micro_batch: int):
+        """`micro_batch`: this rank's share of the global batch (see make_strategy)."""
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/gantry/torch_extensions"))
         init_process_group()
         self.device = local_device()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.zero_stage, self.local_batch = zero_stage, local_batch
+        self.zero_stage, self.micro_batch = zero_stage, micro_batch
+        self.engines = {}
 
     def setup(self, nets, optimizers, precision) -> None:
         import deepspeed
 
-        if precision.name == "fp16":
-            raise GantryError("strategy deepspeed does not run train.precision fp16 "
-                              "(its fp16 engine holds fp16 weights); use bf16 or fp32")
-        self.engines = {}
         for name, net in nets.items():
             net.to(memory_format=torch.contiguous_format)
             broadcast_module(net)  # the trainer seeds identically; this makes it a guarantee
-            cfg = engine_config(self.local_batch, self.world_size, self.zero_stage)
+            cfg = engine_config(self.micro_batch, self.world_size, self.zero_stage)
             engine, *_ = deepspeed.initialize(model=net, optimizer=optimizers[name], config=cfg,
                                               dist_init_required=False)
             self.engines[name] = engine
 
     def module(self, name):
-        return self.engines[name].module
-
-    def forward_fn(self, name, training):
         return self.engines[name].module
 
     def backward(self, name, loss):
@@ -94,16 +89,16 @@ class DeepSpeedStrategy(ProcessGroupCollectives, Strategy):
     def step(self, name):
         engine = self.engines[name]
         if not hasattr(engine.optimizer, "overflow"):  # stage 0, fp32: the bare client optimizer
-            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
-            if not torch.isfinite(norm):
-                engine.zero_grad()
-                return norm
-            engine.step()
+            norm = step_if_finite(engine.module, self.device, engine.step)
+            engine.zero_grad()  # a skipped step leaves the gradient; engine.step zeroes its own
             return norm
         engine.step()
         norm = engine.get_global_grad_norm()
         return torch.tensor(float("nan") if norm is None else float(norm), device=self.device)
+
+    def set_lr(self, name, lr):
+        for group in _torch_optimizer(self.engines[name].optimizer).param_groups:
+            group["lr"] = lr
 
     def state_dict(self):
         """Collective. Every rank's optimizer state (its ZeRO partition at stages 1/2) and loss
@@ -121,26 +116,27 @@ class DeepSpeedStrategy(ProcessGroupCollectives, Strategy):
         for n, e in self.engines.items():
             _load_optimizer_state(e.optimizer, ranks[self.rank][n])
 
-    def shutdown(self):
-        # See DDPStrategy.shutdown: engines hold comm state that must go before the group does.
+    def _release(self):
+        # Engines hold comm state that must go before the group does (no collective in destroy).
         for engine in self.engines.values():
             engine.destroy()
-        self.engines = None
-        gc.collect()
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+        self.engines = {}
+
+
+def _torch_optimizer(opt) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's: ZeRO and fp16/bf16 wrappers hold it as .optimizer."""
+    return getattr(opt, "optimizer", opt)
 
 
 def _optimizer_state(opt) -> dict:
-    base = getattr(opt, "optimizer", opt)  # ZeRO and fp16/bf16 wrappers hold the torch optimizer
+    base = _torch_optimizer(opt)
     scaler = getattr(opt, "loss_scaler", None)
     plain = {k: v for k, v in vars(scaler).items() if isinstance(v, (bool, int, float))} if scaler else {}
     return {"base": base.state_dict(), "scaler": plain}
 
 
 def _load_optimizer_state(opt, state: dict) -> None:
-    getattr(opt, "optimizer", opt).load_state_dict(state["base"])
+    _torch_optimizer(opt).load_state_dict(state["base"])
     for k, v in state["scaler"].items():
         setattr(opt.loss_scaler, k, v)
     if hasattr(opt, "refresh_fp32_params"):  # master copies must follow the loaded weights

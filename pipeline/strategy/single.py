@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from pipeline.precision import Precision
-from pipeline.strategy.base import Strategy
+from pipeline.strategy.base import Strategy, step_if_finite
 
 
 def pick_device() -> torch.device:
@@ -26,23 +26,20 @@ class SingleStrategy(Strategy):
     def module(self, name):
         return self.nets[name]
 
-    def forward_fn(self, name, training):
-        return self.nets[name]
-
     def backward(self, name, loss):
         self.scalers[name].scale(loss).backward()
 
     def step(self, name):
         opt, scaler = self.opts[name], self.scalers[name]
         scaler.unscale_(opt)
-        grads = [p.grad for p in self.nets[name].parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
-        # The one host sync of a phase: a non-finite update must never reach the weights.
-        if torch.isfinite(norm):
-            scaler.step(opt)
+        norm = step_if_finite(self.nets[name], self.device, lambda: scaler.step(opt))
         scaler.update()
         opt.zero_grad(set_to_none=True)
         return norm
+
+    def set_lr(self, name, lr):
+        for group in self.opts[name].param_groups:
+            group["lr"] = lr
 
     def state_dict(self):
         return {

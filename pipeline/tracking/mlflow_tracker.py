@@ -261,6 +261,8 @@ class MLflowTracker(Tracker):
     def _start_system_metrics(self, resumed: bool):
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+        # It announces every start and stop at INFO on the console; only its warnings matter.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         monitor = SystemMetricsMonitor(self.run_id, resume_logging=resumed, tracking_uri=self.uri)
         monitor.start()
         return monitor

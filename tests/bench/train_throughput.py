@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from models.losses import d_loss, g_loss
-from pipeline.build import build_networks, build_optimizer
+from pipeline.worker import build_networks, build_optimizer
 from pipeline.config import load_config
 from pipeline.precision import choose_precision
 from pipeline.shards import build_shards

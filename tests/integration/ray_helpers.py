@@ -33,3 +33,56 @@ def final_state(run_dir: Path) -> tuple[dict, dict]:
     assert latest is not None, f"no checkpoint under {run_dir}"
     state = torch.load(latest / "state.pt", weights_only=True)
     return checkpoint.read_meta(latest), state
+
+
+def held_checkpoint(storage: Path) -> str | None:
+    """The newest checkpoint Ray Train has registered under `storage` (what a restart gets)."""
+    import json
+
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+        except json.JSONDecodeError:  # caught mid-write
+            return None
+        return latest["checkpoint_dir_name"] if latest else None
+    return None
+
+
+def worker_pid(log: str, rank: int) -> int | None:
+    """The pid of the Ray Train worker of `rank`, from the line Ray prints when it starts a group
+    (the first group's, when a restart printed more)."""
+    import re
+
+    found = re.search(rf"pid=(\d+)\) world_rank={rank}\b", log)
+    return int(found.group(1)) if found else None
+
+
+def loader_worker_pid(pid: int) -> int | None:
+    """A DataLoader worker of the process `pid`: a child forked from it (same command line)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        forks = [c.pid for c in parent.children() if c.cmdline() == parent.cmdline()]
+    except psutil.Error:  # one of them exited while we looked
+        return None
+    return forks[0] if forks else None
+
+
+def stop_tree(proc) -> None:
+    """SIGKILL a driver started by a test and every process under it (Ray's included), by pid."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    if proc.poll() is None:
+        proc.kill()
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(tree, timeout=10)

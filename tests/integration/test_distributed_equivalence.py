@@ -17,10 +17,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from models.augment import Augment
 from pipeline.config import from_dict
 from pipeline.evaluation import no_evaluation
+from pipeline.phases import build_phases
+from pipeline.precision import choose_precision
 from pipeline.tracking import Tracker
 from pipeline.trainer import Trainer
+from pipeline.worker import make_networks
 
 B = 8  # per-worker batch
 Z_DIM = 8
@@ -81,7 +85,12 @@ def _first_moments(strategy, name: str) -> torch.Tensor:
 
 def _one_step(cfg, strategy, tmp) -> dict:
     stream = _FixedBatch(strategy.rank, strategy.world_size)
-    trainer = _FixedLatents(cfg, strategy, stream, Tracker(), tmp, no_evaluation, channels=2)
+    precision = choose_precision(cfg.train, strategy.device, image_model=False)
+    G_ema = make_networks(cfg, strategy, precision, channels=2)
+    augment = Augment()
+    phases = build_phases(cfg, augment, precision, reduce=strategy.all_reduce_mean)
+    trainer = _FixedLatents(cfg, strategy, G_ema, phases, stream, precision, augment, Tracker(), no_evaluation,
+                            None, tmp, channels=2)
     trainer.train_step()
     out = {f"{n}.{k}": v.detach().clone() for n in ("G", "D") for k, v in strategy.module(n).state_dict().items()}
     out.update({f"{n}.exp_avg": _first_moments(strategy, n) for n in ("G", "D")})
@@ -92,7 +101,7 @@ def _nan_step_is_skipped(strategy) -> bool:
     """A non-finite gradient: the strategy reports it and leaves D's weights alone, on every rank."""
     D = strategy.module("D").requires_grad_(True)
     before = [p.detach().clone() for p in D.parameters()]
-    loss = strategy.forward_fn("D", training=True)(torch.randn(4, 2)).mean() * float("nan")
+    loss = D(torch.randn(4, 2)).mean() * float("nan")
     strategy.backward("D", loss)
     norm = strategy.step("D")
     return not torch.isfinite(norm) and all(torch.equal(a, p) for a, p in zip(before, D.parameters()))

@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -38,13 +40,56 @@ def jobs_api(address: str, path: str):
         return json.load(r)
 
 
+def matching(pred) -> list[psutil.Process]:
+    """Live processes (zombies are dead) other than this one for which `pred(process)` holds;
+    processes that vanish or cannot be read while we look are skipped."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.status() != psutil.STATUS_ZOMBIE and pred(p):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def in_cmdline(marker: str):
+    return lambda p: any(marker in word for word in p.cmdline())
+
+
+def in_environ(name: str, value: str):
+    return lambda p: p.environ().get(name) == value
+
+
+def survivors(pred, within: float) -> list[str]:
+    """Wait up to `within` seconds for every process `pred` selects to end. Whatever is still
+    there is SIGKILLed (a test never leaves it behind) and described: pid, ppid, %cpu, command."""
+    deadline = time.monotonic() + within
+    while (left := matching(pred)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    described = []
+    for p in left:
+        try:
+            described.append(f"pid {p.pid} ppid {p.ppid()} {p.status()} cpu {p.cpu_percent(0.2):.0f}% "
+                             f"{' '.join(p.cmdline())[:300]}")
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=5)
+    return described
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     """`ray start --head --block` in its own process group (so it is stopped by PID, never by
     `ray stop`, which would end every Ray on the machine), with token authentication on and a
     token of its own that this process and the `gantry` commands get through the environment;
-    yields the Jobs API address."""
+    yields the Jobs API address. Teardown leaves nothing behind and fails if anything the head
+    started outlived it: Ray's own processes, job supervisors, job entrypoints and their
+    children, orphaned or not. They are found as the head's descendants and by the variable
+    GANTRY_TEST_HEAD, which every process started from the head inherits (Ray's agents aside)."""
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    marker = secrets.token_hex(8)
     saved = {k: os.environ.get(k) for k in auth}
     os.environ.update(auth)
     dashboard = free_port()
@@ -60,7 +105,7 @@ def ray_head():
                                                      "ray-client-server-port")),
            f"--temp-dir={temp}", "--disable-usage-stats"]
     # The job's `gantry` entrypoint is found on the PATH the head was started with.
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", GANTRY_TEST_HEAD=marker)
     log = open(Path(temp) / "head.log", "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
@@ -76,15 +121,26 @@ def ray_head():
                 time.sleep(0.5)
         yield address
     finally:
+        # Ray's agents get an environment of their own (no marker): they are found as the
+        # head's descendants, listed before it stops.
+        try:
+            tree = set(psutil.Process(proc.pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            tree = set()
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(5)  # a graceful drain may take 30 s; nothing here needs it
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        # Ray's workers (process groups of their own) exit within seconds once the raylet has
+        # gone; whatever of the head's is still there after that was leaked, and is killed here.
+        marked = in_environ("GANTRY_TEST_HEAD", marker)
+        left = survivors(lambda p: p in tree or marked(p), within=20)
         shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        assert not left, "processes the Ray head started outlived it:\n" + "\n".join(left)
 
 
 @pytest.mark.slow
@@ -124,12 +180,89 @@ def test_failing_job_exits_1_and_a_running_one_can_be_stopped(ray_head, tmp_path
                   f"train.out_dir={tmp_path}", "--address", ray_head)
     assert long.returncode == 0, long.stderr
     job_id = long.stdout.split("submitted job ", 1)[1].split()[0]
+    # Stopped at once: Ray acts on it while the job is PENDING or just starting, the moment
+    # that used to leave the job's `gantry train` running, orphaned (see launch/submit.py).
     stop = gantry("jobs", "stop", job_id, "--address", ray_head)
     assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stdout + stop.stderr
+    assert f"job {job_id}: STOPPED" in stop.stdout, stop.stdout  # it waited until the job ended
     deadline = time.monotonic() + 60
     while (status := jobs_api(ray_head, job_id)["status"]) != "STOPPED":
         assert time.monotonic() < deadline and status in ("PENDING", "RUNNING"), status
         time.sleep(0.5)
+    # STOPPED means every process the job started has ended: its command line names tmp_path.
+    left = survivors(in_cmdline(str(tmp_path)), within=10)
+    assert not left, "processes of the stopped job survive:\n" + "\n".join(left)
+
+
+def test_signalling_the_pid_ray_started_ends_the_whole_job(tmp_path):
+    """Ray 2.60's job supervisor runs the entrypoint with `sh -c` in a session of its own and
+    stops it by signalling the PIDs it lists at that moment, the entrypoint's and its children's
+    (SIGTERM, SIGKILL after a grace), never the process group; its watcher that would kill the
+    group dies with the supervisor. A stop acted on as the job starts can list the started PID
+    alone, before anything was forked: signalling that PID alone must end every process of the
+    job. (A shell that forked `gantry train` died of the SIGTERM and left it training, orphaned.)"""
+    from launch.submit import entrypoint
+
+    command = entrypoint("configs/toy-ring.yaml", ["train.kimg=100000", "tracking.enabled=false",
+                                                   f"train.out_dir={tmp_path}"], None)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.Popen(command, shell=True, start_new_session=True, cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # a shell would have forked by now
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # Ray's SIGKILL after its grace, to the same PID
+            proc.wait()
+    finally:
+        left = survivors(in_cmdline(str(tmp_path)), within=5)
+    assert not left, "processes of the job outlived the PID Ray signals:\n" + "\n".join(left)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_job_entrypoint_cleanly(mlflow_server, tmp_path):
+    """What `gantry jobs stop` does to a running job, without Ray's timing: the job's entrypoint
+    run as Ray's job supervisor runs it (`sh -c`, a session of its own), SIGTERM to the PID that
+    was started. Training stops promptly, its MLflow run closes as KILLED, the command exits 143
+    and no process of it remains."""
+    from launch.submit import entrypoint
+
+    command = entrypoint("configs/toy-ring.yaml", ["train.kimg=100000", "tracking.enabled=true",
+                                                   "tracking.experiment=sigterm", f"train.out_dir={tmp_path}"], None)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               MLFLOW_TRACKING_URI=mlflow_server.uri, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(command, shell=True, start_new_session=True, cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("gantry: toy-ring: precision" in line for line in lines):  # built, tracking started
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        time.sleep(1.0)  # training steps
+        os.kill(proc.pid, signal.SIGTERM)
+        sent = time.monotonic()
+        rc = proc.wait(30)
+        took = time.monotonic() - sent
+    finally:
+        left = survivors(in_cmdline(str(tmp_path)), within=5)
+    reader.join(5)
+    out = "".join(lines)
+    assert rc == 143 and "gantry: terminated (SIGTERM)" in out, f"rc {rc}\n{out[-3000:]}"
+    assert took < 15, f"{took:.1f} s from SIGTERM to exit"  # Ray's grace is 30 s (STOP_GRACE_S)
+    assert not left, "processes of the terminated entrypoint survive:\n" + "\n".join(left)
+    client = MlflowClient(mlflow_server.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("sigterm").experiment_id])
+    assert run.info.status == "KILLED"
 
 
 @pytest.mark.slow

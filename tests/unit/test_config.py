@@ -40,6 +40,7 @@ def test_on_off_survive_yaml_booleans(cfg_file):
     ("data: {source: shards}\n", [], "data.path"),
     ("data: {source: toy-grid, modes: 24}\n", [], "data.modes"),
     ("strategy: {kind: deepspeed, zero_stage: 3}\nloss: {r1_gamma: 1}\n", [], "zero_stage"),
+    ("strategy: {kind: deepspeed}\n", ["train.precision=fp16"], "train.precision"),
     ("model: {arch: mlp}\n", ["augment.kind=ada"], "augment.kind"),
     ("", ["train.kimg=0"], "train.kimg"),
     ("", ["train.nope=1"], "train.nope"),
@@ -53,6 +54,13 @@ def test_errors_name_key_and_file(cfg_file, text, overrides, key_in_message):
         load_config(p, overrides)
     msg = str(e.value)
     assert key_in_message in msg and str(p) in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
+def test_deepspeed_takes_every_precision_but_fp16(cfg_file, precision):
+    # fp16 is refused by the schema (above); `auto` never picks fp16 (pipeline/precision.py)
+    cfg = load_config(cfg_file("strategy: {kind: deepspeed}\n"), [f"train.precision={precision}"])
+    assert cfg.train.precision == precision
 
 
 def test_missing_file_names_it(tmp_path):

@@ -223,7 +223,7 @@ def test_both_retrain_schedules_run_the_same_job():
     plain = next(o for o in objs if o["kind"] == "CronJob")
     assert cron["spec"]["jobTemplate"] == job["spec"]
     assert cron["spec"]["schedule"] == plain["spec"]["schedule"]
-    assert job["spec"]["entrypoint"].startswith("gantry retrain configs/")
+    assert job["spec"]["entrypoint"].startswith("exec gantry retrain configs/")
     # The job runs on the base RayCluster, which must exist under that name.
     cluster = job["spec"]["clusterSelector"]["ray.io/cluster"]
     assert any(o["kind"] == "RayCluster" and o["metadata"]["name"] == cluster for o in objs)
@@ -251,7 +251,8 @@ def test_entrypoints_name_configs_that_load():
     lines = [o["spec"]["entrypoint"] for o in [*objs, *embedded_rayjobs(objs)] if o["kind"] == "RayJob"]
     assert len(lines) == 2
     for line in lines:
-        config = line.split()[2]  # gantry train|retrain CONFIG ...
+        assert line.startswith("exec gantry ")  # the job's PID is gantry: a stop signals it
+        config = line.split()[3]  # exec gantry train|retrain CONFIG ...
         load_config(REPO / config)
 
 

@@ -42,7 +42,7 @@ def test_entrypoint_and_worker_count_come_from_the_config(templates):
     job = render_rayjob(_cfg(workers=4, train={"batch": 64}), "configs/mnist.yaml", templates["gpu"])
     assert job["kind"] == "RayJob" and job["metadata"]["namespace"] == "gantry"
     assert job["metadata"]["name"] == "gantry-mnist"
-    assert job["spec"]["entrypoint"] == "gantry train configs/mnist.yaml --workers 4"
+    assert job["spec"]["entrypoint"] == "exec gantry train configs/mnist.yaml --workers 4"
     group = _workers(job)
     assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (4, 4, 4)
     assert isinstance(yaml.safe_load(job["spec"]["runtimeEnvYAML"]), dict)
@@ -74,7 +74,7 @@ def test_template_is_left_untouched(templates):
 
 def test_config_path_is_shell_quoted(templates):
     job = render_rayjob(_cfg(), "configs/my run.yaml", templates["cpu-dev"])
-    assert job["spec"]["entrypoint"] == "gantry train 'configs/my run.yaml' --workers 2"
+    assert job["spec"]["entrypoint"] == "exec gantry train 'configs/my run.yaml' --workers 2"
 
 
 def test_job_names_are_valid_kubernetes_names():
@@ -103,7 +103,7 @@ def test_cli_writes_the_rayjob(tmp_path, capsys):
     out = tmp_path / "job.yaml"
     assert main(["k8s", "render", cfg, "--overlay", "gpu", "--image", "r/g:7", "--out", str(out)]) == 0
     job = yaml.safe_load(out.read_text())
-    assert job["spec"]["entrypoint"] == f"gantry train {cfg} --workers 2"
+    assert job["spec"]["entrypoint"] == f"exec gantry train {cfg} --workers 2"
     assert _workers(job)["replicas"] == 2 and set(_images(job)) == {"r/g:7"}
     assert "wrote" in capsys.readouterr().err
 

@@ -1,0 +1,29 @@
+"""One entry for every training launch: `launch(cfg, ...)` picks the launcher and trains.
+
+- `local`: this process, one worker with strategy `single`, no Ray; the fastest path on one
+  device and the debugging path. The default when `workers == 1`.
+- `ray`: `workers` Ray Train workers (launch/ray_train.py). The default when `workers > 1`.
+"""
+from __future__ import annotations
+
+from pipeline.config import RunConfig
+from pipeline.errors import GantryError
+
+LAUNCHERS = ("local", "ray")
+
+
+def launch(cfg: RunConfig, resume: str | None = None, launcher: str | None = None, address: str | None = None,
+           max_failures: int = 3, tracking_run_id: str | None = None) -> dict[str, float]:
+    """Train `cfg`; returns the last evaluation. `resume`: 'latest' or a checkpoint path;
+    `address`: a Ray cluster (default RAY_ADDRESS, else an embedded Ray); `tracking_run_id`:
+    an existing MLflow run to log into (see pipeline.worker.train_worker)."""
+    launcher = launcher or ("ray" if cfg.workers > 1 else "local")
+    if launcher == "ray":
+        from launch.ray_train import run_ray
+        return run_ray(cfg, resume=resume, address=address, max_failures=max_failures,
+                       tracking_run_id=tracking_run_id)
+    if cfg.workers != 1 or cfg.strategy.kind != "single":
+        raise GantryError(f"the local launcher runs one worker with strategy 'single' "
+                          f"(got workers={cfg.workers}, strategy={cfg.strategy.kind}); use --launcher ray")
+    from pipeline.worker import train_worker
+    return train_worker(cfg, resume=resume, tracking_run_id=tracking_run_id)

@@ -1,0 +1,80 @@
+"""The MLflow model registry: register a run's generator, load one back.
+
+`gantry register`, `gantry retrain`, `gantry sample` and `gantry eval` all go through here.
+Registered models are torch.export programs (MLflow's pt2 format, no pickle); the run config
+rides in the model's metadata, so sampling and evaluating need nothing else.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import GantryError
+
+CHAMPION = "champion"  # the alias `gantry retrain` moves to the model version that wins
+
+
+def register_run(uri: str, run_id: str, name: str, alias: str | None = None, checkpoint: str = "latest") -> str:
+    """Log the G_ema of run `run_id`'s logged checkpoint (`checkpoints/<checkpoint>`) as an
+    MLflow model on that run, register it as a new version of `name`, point `alias` at it;
+    returns the version. The `models` package travels with the model (code_paths), so
+    loading it needs no gantry checkout."""
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    import models
+    from pipeline.checkpoint import load_generator
+
+    client = MlflowClient(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as e:
+        raise GantryError(f"no MLflow run {run_id!r} at {uri} ({e.message.splitlines()[0]})") from None
+    artifact = f"checkpoints/{checkpoint}"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, artifact, tmp)
+        except (MlflowException, OSError):
+            raise GantryError(f"run {run_id} has no checkpoint artifact {artifact!r}") from None
+        G, cfg = load_generator(local)
+    # log_model checks the example by running it; a batch of one breaks BatchNorm-style layers.
+    example = torch.randn(2, cfg.model.z_dim, generator=torch.Generator().manual_seed(0)).numpy()
+    mlflow.set_tracking_uri(uri)
+    info = mlflow.pytorch.log_model(
+        G,
+        name="G_ema",
+        run_id=run_id,
+        input_example=example,
+        metadata={"config": cfg.model_dump(mode="json")},  # latent size, data and metrics for sample/eval
+        registered_model_name=name,
+        code_paths=[str(Path(models.__file__).parent)],
+        # Inferring requirements imports the model in a subprocess; we know them.
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+    )
+    version = str(info.registered_model_version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def load_generator_from(source: str, uri: str | None = None):
+    """-> (G in inference form, the RunConfig it was trained with) from a checkpoint
+    directory, a run's checkpoints folder, or a registered model URI (`models:/NAME@ALIAS`)."""
+    if not source.startswith("models:/"):
+        from pipeline.checkpoint import load_generator
+        return load_generator(source)
+    import mlflow
+
+    from pipeline.config import from_dict
+    from pipeline.tracking import store
+    mlflow.set_tracking_uri(store.resolve_uri(uri))
+    try:
+        metadata = mlflow.models.get_model_info(source).metadata or {}
+        G = mlflow.pytorch.load_model(source, map_location="cpu")
+    except Exception as e:  # MLflow raises several types for a missing model or alias
+        raise GantryError(f"cannot load {source}: {str(e).splitlines()[0]}") from None
+    if "config" not in metadata:
+        raise GantryError(f"{source}: registered without its run config; register the run again")
+    return G, from_dict(metadata["config"], source)
