@@ -198,7 +198,7 @@ class RunConfig(Section):
 
     def rank_batch(self, world_size: int) -> int:
         """Each rank's share of the global batch, for the process group's actual size (which
-        make_strategy checks divides train.batch)."""
+        worker.make_strategy checks divides train.batch)."""
         return self.train.batch // world_size
 
 

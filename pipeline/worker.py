@@ -17,18 +17,46 @@ import torch
 from models.augment import Augment
 from pipeline import checkpoint
 from pipeline.config import OptimConfig, RunConfig, to_yaml
+from pipeline.errors import GantryError
 from pipeline.evaluation import ImageEvaluator, MixtureEvaluator, no_evaluation
 from pipeline.health import HealthMonitor
 from pipeline.mixtures import MixtureStream
 from pipeline.phases import build_phases
 from pipeline.precision import choose_precision
-from pipeline.strategy import Strategy, make_strategy
+from pipeline.strategy import Strategy
 from pipeline.tracking import Tracker
 from pipeline.trainer import Trainer
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
     return Path(cfg.train.out_dir) / cfg.name
+
+
+def make_strategy(cfg: RunConfig) -> Strategy:
+    """The configured strategy; a multi-process one joins (or creates) the process group first.
+    The global batch is split by the group's actual size, which a torchrun launch sets, not
+    `cfg.workers`."""
+    kind = cfg.strategy.kind
+    if kind == "single":
+        from pipeline.strategy.single import SingleStrategy
+        return SingleStrategy()
+    if kind not in ("ddp", "deepspeed"):
+        raise ValueError(f"strategy {kind!r} is not available in this build")
+    import torch.distributed as dist
+
+    from pipeline.strategy.ddp import init_process_group, leave_process_group
+
+    init_process_group()
+    world_size = dist.get_world_size()
+    if cfg.train.batch % world_size:
+        leave_process_group(failed=True)  # every rank raises this; none waits for the others
+        raise GantryError(f"train.batch ({cfg.train.batch}) is not divisible by the {world_size} "
+                          f"ranks of the process group")
+    if kind == "ddp":
+        from pipeline.strategy.ddp import DDPStrategy
+        return DDPStrategy()
+    from pipeline.strategy.deepspeed import DeepSpeedStrategy
+    return DeepSpeedStrategy(cfg.strategy.zero_stage, micro_batch=cfg.rank_batch(world_size))
 
 
 def make_stream(cfg: RunConfig, rank: int, world_size: int, shard_urls: list[str] | None = None):

@@ -111,7 +111,7 @@ def _worker(rank: int, world_size: int, port: int, kind: str, stage: int, out: s
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from pipeline.strategy import make_strategy
+    from pipeline.worker import make_strategy
 
     cfg = _cfg(world_size, kind, stage)
     strategy = make_strategy(cfg)
