@@ -1,8 +1,6 @@
 """The interface between the trainer and whatever distributes it."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
@@ -71,14 +69,3 @@ class Strategy:
         """Release the networks and leave the process group. With `failed` (this rank raised)
         it enters no collective: the others may be waiting in a different one, and a rank that
         waits for them there would hold the whole group until the collective timeout."""
-
-
-def step_if_finite(module: nn.Module, device: torch.device, step: Callable[[], None]) -> torch.Tensor:
-    """Call `step()` only if the total norm of the gradients `module` holds is finite (0 when
-    it holds none); return the norm. The one host sync of a phase: a non-finite update must
-    never reach the weights."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
-    if torch.isfinite(norm):
-        step()
-    return norm

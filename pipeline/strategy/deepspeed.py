@@ -35,9 +35,10 @@ import torch
 import torch.distributed as dist
 
 from pipeline.errors import GantryError
-from pipeline.strategy.base import Strategy, step_if_finite
+from pipeline.strategy.base import Strategy
 from pipeline.strategy.ddp import (ProcessGroupCollectives, average_gradients, broadcast_module, init_process_group,
                                    local_device)
+from pipeline.strategy.single import step_if_finite
 
 
 def engine_config(micro_batch: int, world_size: int, zero_stage: int) -> dict:

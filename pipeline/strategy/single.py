@@ -1,15 +1,28 @@
 """One process, one device: the reference every other strategy must match."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 from pipeline.precision import Precision
-from pipeline.strategy.base import Strategy, step_if_finite
+from pipeline.strategy.base import Strategy
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def step_if_finite(module: nn.Module, device: torch.device, step: Callable[[], None]) -> torch.Tensor:
+    """Call `step()` only if the total norm of the gradients `module` holds is finite (0 when
+    it holds none); return the norm. The one host sync of a phase: a non-finite update must
+    never reach the weights."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+    if torch.isfinite(norm):
+        step()
+    return norm
 
 
 class SingleStrategy(Strategy):
