@@ -13,17 +13,32 @@ LAUNCHERS = ("local", "ray")
 
 
 def launch(cfg: RunConfig, resume: str | None = None, launcher: str | None = None, address: str | None = None,
-           max_failures: int = 3, tracking_run_id: str | None = None) -> dict[str, float]:
+           max_failures: int = 3, tracking_run_id: str | None = None, placement: str = "PACK") -> dict[str, float]:
     """Train `cfg`; returns the last evaluation. `resume`: 'latest' or a checkpoint path;
     `address`: a Ray cluster (default RAY_ADDRESS, else an embedded Ray); `tracking_run_id`:
-    an existing MLflow run to log into (see pipeline.worker.train_worker)."""
+    an existing MLflow run to log into (see pipeline.worker.train_worker); `placement`: Ray's
+    placement strategy for the workers (PACK, SPREAD, STRICT_SPREAD, STRICT_PACK)."""
+    check_locations(cfg)
     launcher = launcher or ("ray" if cfg.workers > 1 else "local")
     if launcher == "ray":
         from launch.ray_train import run_ray
         return run_ray(cfg, resume=resume, address=address, max_failures=max_failures,
-                       tracking_run_id=tracking_run_id)
+                       tracking_run_id=tracking_run_id, placement=placement)
     if cfg.workers != 1 or cfg.strategy.kind != "single":
         raise GantryError(f"the local launcher runs one worker with strategy 'single' "
                           f"(got workers={cfg.workers}, strategy={cfg.strategy.kind}); use --launcher ray")
     from pipeline.worker import train_worker
     return train_worker(cfg, resume=resume, tracking_run_id=tracking_run_id)
+
+
+def check_locations(cfg: RunConfig) -> None:
+    """Fail before any work starts, with one line naming the URL, when the run cannot write
+    where it should (missing bucket, refused credentials, unreachable endpoint) or its data
+    is not there."""
+    from pipeline import storage
+    from pipeline.shards.manifest import load_manifest
+    from pipeline.worker import run_dir_for
+
+    storage.ensure_dir(run_dir_for(cfg))
+    if not cfg.is_toy:
+        load_manifest(cfg.data.path)

@@ -3,24 +3,26 @@
 The driver (this process)
   - joins a Ray cluster (`address`, else RAY_ADDRESS) or starts an embedded one sized to this
     machine;
-  - plans each rank's shard list with `plan_shards` and hands rank k its list: Ray owns the
-    sharding, workers only stream what they are given;
-  - runs `TorchTrainer` with a process group (gloo on CPU, NCCL on GPU), `FailureConfig`
-    (a dead worker restarts the whole group, up to `max_failures` times) and `CheckpointConfig`.
+  - refuses a local run dir or data path on a cluster of several nodes: no node reads another's
+    disk, so they must be on an object store (s3://, gs://; data also http(s)://);
+  - hands every worker the manifest location, seed and world size: each rank computes its share
+    of every epoch's shard plan (`plan_shards`, a pure function of those), so the Ray and the
+    local launcher read the same data in the same order;
+  - runs `TorchTrainer` with a process group (gloo on CPU, NCCL on GPU) whose collectives fail
+    after COLLECTIVE_TIMEOUT_S, `FailureConfig` (a dead worker restarts the whole group, up to
+    `max_failures` times), and Ray Train's own storage in `<run dir>/ray` (on the object store
+    when the run dir is there).
 
-Each worker calls `pipeline.worker.train_worker`. After every save, every rank calls
-`ray.train.report`, rank 0 with the checkpoint directory it just wrote; Ray copies it into
-`<run dir>/ray/<launch name>/`. A restarted group resumes from `ray.train.get_checkpoint()`:
-weights, optimizer state, step, RNG and every rank's data position. A worker killed after
-rank 0 wrote a checkpoint but before Ray took the report leaves that checkpoint in the run
-dir only; a restart finds it there (it is newer than the launch), so no progress is lost.
+Each worker calls `pipeline.worker.train_worker`. Checkpoints live in the run dir, which every
+rank of every node reads; after each save every rank reports its metrics to Ray. A restarted
+group resumes from the newest checkpoint this launch wrote there (weights, optimizer state,
+step, RNG and every rank's data position), else from where the launch started.
 """
 from __future__ import annotations
 
 import os
 import signal
 import time
-from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.errors import GantryError
@@ -28,59 +30,76 @@ from pipeline.errors import GantryError
 MAX_FAILURES = 3
 
 
-def plan_worker_shards(cfg: RunConfig) -> list[list[str] | None]:
-    """Rank k's shard paths (epoch 0 of the seeded plan); None per rank for toy data."""
-    if cfg.is_toy:
-        return [None] * cfg.workers
-    from pipeline.shards.manifest import load_manifest
-    from pipeline.shards.plan import plan_shards
-
-    return plan_shards(load_manifest(cfg.data.path), 0, cfg.seed, cfg.workers)
-
-
 def _worker_loop(config: dict) -> None:
-    """Runs in each Ray Train worker."""
+    """Runs in each Ray Train worker, in its node's working directory."""
     import ray.train
     import torch
 
     from pipeline.config import from_dict
     from pipeline.worker import train_worker
 
-    if Path(config["cwd"]).is_dir():  # relative paths in the config mean what the user typed
-        os.chdir(config["cwd"])
     # Oversubscribed OpenMP threads make torch ~20x slower: share the node's cores.
     torch.set_num_threads(config["threads"])
     cfg = from_dict(config["cfg"], "<ray driver>")
     rank = ray.train.get_context().get_world_rank()
-
-    def report(path: Path | None, info: dict) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(str(path)) if path else None
-        ray.train.report(info, checkpoint=ckpt, checkpoint_dir_name=path.name if path else None,
-                         delete_local_checkpoint_after_upload=False)
-
-    run = dict(shard_urls=config["shards"][rank], on_checkpoint=report, tracking_run_id=config["tracking_run_id"])
-    restored = ray.train.get_checkpoint()
-    if restored is None:
-        resume = _saved_since(cfg, config["launched"]) or config["resume"]
-        if resume != config["resume"] and rank == 0:
-            print(f"gantry: worker group restarted; resuming from {resume}", flush=True)
-        train_worker(cfg, resume=resume, **run)
-        return
-    with restored.as_directory() as path:
-        if rank == 0:
-            print(f"gantry: worker group restarted; resuming from {path}", flush=True)
-        train_worker(cfg, resume=path, **run)
+    resume = _saved_since(cfg, config["launched"]) or config["resume"]
+    if resume != config["resume"] and rank == 0:
+        print(f"gantry: worker group restarted; resuming from {resume}", flush=True)
+    train_worker(cfg, resume=resume, on_checkpoint=lambda path, info: ray.train.report(info),
+                 tracking_run_id=config["tracking_run_id"])
 
 
 def _saved_since(cfg: RunConfig, launched: float) -> str | None:
-    """The run dir's newest checkpoint if this launch wrote it (a restart before Ray took it)."""
-    from pipeline import checkpoint
+    """The run dir's newest checkpoint if this launch wrote it (the group was restarted)."""
+    from pipeline import checkpoint, storage
     from pipeline.worker import run_dir_for
 
-    latest = checkpoint.latest_checkpoint(run_dir_for(cfg) / "checkpoints")
+    latest = checkpoint.latest_checkpoint(storage.join(run_dir_for(cfg), "checkpoints"))
     if latest is not None and checkpoint.read_meta(latest).get("time", 0) >= launched:
-        return str(latest)
+        return latest
     return None
+
+
+def _absolute(cfg: RunConfig, resume: str | None) -> tuple[RunConfig, str | None]:
+    """Local paths made absolute here: workers keep their own node's working directory."""
+    from pipeline import storage
+
+    def fix(location):
+        return os.path.abspath(storage.local_path(location)) if location and storage.is_local(location) else location
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.out_dir, cfg.data.path, cfg.eval.cache_dir = fix(cfg.train.out_dir), fix(cfg.data.path), fix(cfg.eval.cache_dir)
+    return cfg, (resume if resume == "latest" else fix(resume))
+
+
+def _refuse_local_paths_on_a_cluster(cfg: RunConfig) -> None:
+    import ray
+
+    from pipeline import storage
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes < 2:
+        return
+    for key, location in (("train.out_dir", cfg.train.out_dir), ("data.path", None if cfg.is_toy else cfg.data.path)):
+        if location and storage.is_local(location):
+            raise GantryError(f"{key} {location} is on this machine's disk, which the other {nodes - 1} nodes of the "
+                              f"Ray cluster cannot read; use an object store (s3://…, gs://…)")
+
+
+def _ray_storage(run_dir: str):
+    """(storage_path, storage_filesystem) for Ray Train's own state under the run dir. An
+    object store goes through the same fsspec file system as the rest of gantry, so a custom
+    endpoint (AWS_ENDPOINT_URL) and its credentials hold for Ray too."""
+    from pipeline import storage
+
+    location = storage.join(run_dir, "ray")
+    if storage.is_local(location):
+        return storage.local_path(location), None
+    import fsspec
+    import pyarrow.fs
+
+    fs, path = fsspec.core.url_to_fs(location)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
 def _quiet_placement_group_cleaner() -> None:
@@ -113,35 +132,45 @@ def _connect(address: str | None, workers: int) -> bool:
 
 
 def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = None,
-            max_failures: int = MAX_FAILURES, tracking_run_id: str | None = None) -> dict[str, float]:
+            max_failures: int = MAX_FAILURES, tracking_run_id: str | None = None,
+            placement: str = "PACK") -> dict[str, float]:
     """Train `cfg` on `cfg.workers` Ray workers; return rank 0's last report (its eval)."""
     import ray
     import ray.train
     import torch
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipeline.strategy import COLLECTIVE_TIMEOUT_S
     from pipeline.worker import run_dir_for
 
-    shards = plan_worker_shards(cfg)  # before Ray starts: a bad data path fails fast
+    cfg, resume = _absolute(cfg, resume)
+    if not cfg.is_toy:  # before Ray starts: a plan these shards cannot feed fails fast
+        from pipeline.shards.manifest import load_manifest
+        from pipeline.shards.plan import plan_shards
+        plan_shards(load_manifest(cfg.data.path), 0, cfg.seed, cfg.workers)
     started = _connect(address, cfg.workers)
+    try:
+        _refuse_local_paths_on_a_cluster(cfg)
+    except GantryError:
+        if started:
+            ray.shutdown()
+        raise
     gpu = torch.cuda.is_available()
-    storage = (run_dir_for(cfg) / "ray").resolve()
+    storage_path, storage_filesystem = _ray_storage(run_dir_for(cfg))
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "resume": resume, "shards": shards,
-                           "tracking_run_id": tracking_run_id,
-                           "cwd": os.getcwd(), "launched": time.time(), "threads": max(1, (os.cpu_count() or 1) // cfg.workers)},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "resume": resume, "tracking_run_id": tracking_run_id,
+                           "launched": time.time(), "threads": max(1, (os.cpu_count() or 1) // cfg.workers)},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo", timeout_s=COLLECTIVE_TIMEOUT_S),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu, resources_per_worker={"CPU": 1},
+                                     placement_strategy=placement),
         run_config=RayRunConfig(
             # One name per launch: a later launch resumes only when asked (--resume), while
             # restarts inside this launch resume from this launch's checkpoints.
             name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(storage),
+            storage_path=storage_path, storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
     )
     try:

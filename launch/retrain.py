@@ -24,16 +24,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from launch.launcher import launch
 from launch.registry import CHAMPION, register_run
-from pipeline.checkpoint import latest_checkpoint, read_meta
+from pipeline import storage
+from pipeline.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from pipeline.config import RunConfig
 from pipeline.errors import GantryError
+from pipeline.worker import run_dir_for
 
 
 class Locked(GantryError):
@@ -66,7 +68,13 @@ def exclusive(path: str | Path):
 
 
 def lock_path(cfg: RunConfig) -> Path:
-    return Path(cfg.retrain.lock_path or Path(cfg.train.out_dir) / f"{cfg.name}.retrain.lock")
+    """retrain.lock_path, else beside the runs; for runs on an object store (no locks there),
+    in this machine's temp folder."""
+    if cfg.retrain.lock_path:
+        return Path(cfg.retrain.lock_path)
+    out = storage.local_path(cfg.train.out_dir) if storage.is_local(cfg.train.out_dir) else \
+        os.path.join(tempfile.gettempdir(), "gantry")
+    return Path(out) / f"{cfg.name}.retrain.lock"
 
 
 def model_name(cfg: RunConfig) -> str:
@@ -131,13 +139,13 @@ def retrain(cfg: RunConfig, force: bool = False) -> str:
     base = cfg.name
     cfg = cfg.model_copy(deep=True)
     cfg.name = f"{base}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    run_dir = Path(cfg.train.out_dir) / cfg.name
+    run_dir = run_dir_for(cfg)
     if champion is None:
         print(f"no champion for {name}: training from scratch on data {version} ({run_dir})", flush=True)
         run_id = train(cfg, run_dir)
         client.set_tag(run_id, "data_version", version)  # for toy data the worker tags only the source
         challenger = register_run(uri, run_id, name, alias=CHAMPION)
-        score = evaluate(cfg, run_dir / "checkpoints")
+        score = evaluate(cfg, storage.join(run_dir, "checkpoints"))
         _tag_both(client, name, challenger, run_id,
                   {"retrain_decision": "promoted", "data_version": version, "challenger_score": f"{score:.6g}"})
         print(f"{name} v{challenger} (score {score:.4g}) is the first champion")
@@ -145,17 +153,17 @@ def retrain(cfg: RunConfig, force: bool = False) -> str:
 
     print(f"data {version} is new to champion {name} v{champion.version} (data {champion.data_version}): "
           f"training a challenger for {cfg.retrain.kimg:g} kimg ({run_dir})", flush=True)
-    warm = _download_checkpoint(client, champion, run_dir / "warm-start")
+    warm = _warm_start(client, champion, storage.join(run_dir, "warm-start"))
     meta = read_meta(warm)
     if meta["config"]["model"] != cfg.model.model_dump(mode="json"):
         raise GantryError(f"the model section differs from champion v{champion.version}'s, so it cannot warm-start; "
                           f"register a new model name (retrain.model_name)")
     cfg.train.kimg = meta["kimg"] + cfg.retrain.kimg
     run_id = _challenger_run(client, uri, cfg, champion)
-    train(cfg, run_dir, resume=str(warm.resolve()), tracking_run_id=run_id)
+    train(cfg, run_dir, resume=warm, tracking_run_id=run_id)
     client.set_tag(run_id, "data_version", version)
     challenger = register_run(uri, run_id, name)
-    new, old = evaluate(cfg, run_dir / "checkpoints"), evaluate(cfg, warm)
+    new, old = evaluate(cfg, storage.join(run_dir, "checkpoints")), evaluate(cfg, warm)
     promoted = new - old > cfg.retrain.min_improvement
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, challenger)
@@ -170,16 +178,16 @@ def retrain(cfg: RunConfig, force: bool = False) -> str:
     return decision
 
 
-def train(cfg: RunConfig, run_dir: Path, resume: str | None = None, tracking_run_id: str | None = None) -> str:
+def train(cfg: RunConfig, run_dir: str, resume: str | None = None, tracking_run_id: str | None = None) -> str:
     """Train as `gantry train` would; returns the MLflow run id the run logged to."""
     launch(cfg, resume=resume, tracking_run_id=tracking_run_id)
-    latest = latest_checkpoint(run_dir / "checkpoints")
+    latest = latest_checkpoint(storage.join(run_dir, "checkpoints"))
     if latest is None:
-        raise GantryError(f"training left no checkpoint under {run_dir / 'checkpoints'}")
+        raise GantryError(f"training left no checkpoint under {storage.join(run_dir, 'checkpoints')}")
     return read_meta(latest)["tracking_run_id"]
 
 
-def evaluate(cfg: RunConfig, ckpt: Path) -> float:
+def evaluate(cfg: RunConfig, ckpt: str) -> float:
     """quality_score of a checkpoint's G_ema under `cfg`'s evaluator (fixed latents and data)."""
     from pipeline.checkpoint import load_generator
     from pipeline.evaluation import quality_score
@@ -191,7 +199,7 @@ def evaluate(cfg: RunConfig, ckpt: Path) -> float:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     G, _ = load_generator(ckpt)
     stream = make_stream(cfg, rank=0, world_size=1)
-    evaluator = make_evaluator(cfg, stream, Path(cfg.train.out_dir) / cfg.name, device)
+    evaluator = make_evaluator(cfg, stream, run_dir_for(cfg), device)
     score = quality_score(evaluator(G.to(device), 0, Tracker()))
     if score is None:
         raise GantryError(f"the evaluator for data {cfg.data.source} gives no quality score "
@@ -210,16 +218,19 @@ def _challenger_run(client, uri: str, cfg: RunConfig, champion: Champion) -> str
     return run.info.run_id
 
 
-def _download_checkpoint(client, champion: Champion, dest: Path) -> Path:
+def _warm_start(client, champion: Champion, dest: str) -> str:
+    """The champion's logged checkpoint, copied from MLflow to `dest` (in the run dir, so
+    every worker of a cluster can read it); returns its location."""
     from mlflow.exceptions import MlflowException
 
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    try:
-        return Path(client.download_artifacts(champion.run_id, "checkpoints/latest", str(dest)))
-    except (MlflowException, OSError):
-        raise GantryError(f"champion v{champion.version}'s run {champion.run_id} has no artifact checkpoints/latest "
-                          f"to warm-start from") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(champion.run_id, "checkpoints/latest", tmp)
+        except (MlflowException, OSError):
+            raise GantryError(f"champion v{champion.version}'s run {champion.run_id} has no artifact "
+                              f"checkpoints/latest to warm-start from") from None
+        weights, state, meta = load_checkpoint(local)
+    return save_checkpoint(dest, meta["step"], weights, state, meta)
 
 
 def _tag_both(client, name: str, version: str, run_id: str, tags: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""Checkpoints: one directory per save, written atomically, loaded without unpickling code.
+"""Checkpoints: one directory per save under any storage location, loaded without unpickling.
 
 Layout of `ckpt-<step>/`:
   G.safetensors, D.safetensors, G_ema.safetensors   weights
@@ -6,131 +6,120 @@ Layout of `ckpt-<step>/`:
                containers only, read with torch.load(weights_only=True))
   meta.json    step, kimg, resolved config, tracking run id: what tools read without torch
 
-A save goes to a temporary directory; every file and the directory are fsynced, then it is
-renamed into place. A process killed mid-write leaves only a `.tmp-*` directory behind, and
-the previous checkpoint stays the newest valid one.
+meta.json is the commit marker. Object stores have no rename, so a save writes every other
+file first (each one whole, see pipeline/storage.py) and meta.json last; a checkpoint exists
+only once its meta.json does. A writer killed mid-save leaves a directory without one, which
+nothing lists or resumes from, and the previous checkpoint stays the newest. Pruning and
+replacing remove meta.json first, for the same reason.
+
+Locations are strings (a path or a URL); functions that return a checkpoint return its
+location.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import random
-import shutil
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors, save as save_safetensors
 
+from pipeline import storage
 from pipeline.errors import GantryError
 
 PREFIX = "ckpt-"
-TMP_PREFIX = ".tmp-"
+META = "meta.json"
 NETWORKS = ("G", "D", "G_ema")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_checkpoint(root: str | Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
-                    state: dict, meta: dict, keep: int | None = None) -> Path:
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:09d}"
-    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def save_checkpoint(root: str, step: int, weights: dict[str, dict[str, torch.Tensor]],
+                    state: dict, meta: dict, keep: int | None = None) -> str:
+    """Write `ckpt-<step>` under root (meta.json last) and prune to the newest `keep`."""
+    path = storage.join(str(root), f"{PREFIX}{step:09d}")
+    storage.remove(storage.join(path, META))  # a resumed run saving this step again: uncommit it first
     for name, sd in weights.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
-    if final.exists():  # a resumed run saving the same step again: replace it whole
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync(root)
-    if keep:
-        for old in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+        blob = save_safetensors({k: v.detach().contiguous().cpu() for k, v in sd.items()})
+        storage.write_bytes(storage.join(path, f"{name}.safetensors"), blob)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    storage.write_bytes(storage.join(path, "state.pt"), buf.getvalue())
+    storage.write_bytes(storage.join(path, META), json.dumps(meta, indent=1).encode())
+    committed = list_checkpoints(root)
+    for old in committed[:-keep] if keep else []:
+        storage.remove(storage.join(old, META))
+        storage.remove(old)
+    for name in storage.list_names(root):  # earlier saves killed before their commit
+        if name.startswith(PREFIX) and name < storage.basename(path) and storage.join(str(root), name) not in committed:
+            storage.remove(storage.join(str(root), name))
+    return path
 
 
-def _is_complete(path: Path) -> bool:
-    return all((path / f"{n}.safetensors").is_file() for n in NETWORKS) and \
-        (path / "state.pt").is_file() and (path / "meta.json").is_file()
+def list_checkpoints(root: str) -> list[str]:
+    """Committed checkpoints under root, oldest first."""
+    root = str(root)
+    names = [n for n in storage.list_names(root) if n.startswith(PREFIX)]
+    return [storage.join(root, n) for n in names if storage.exists(storage.join(root, n, META))]
 
 
-def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints under root, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and p.is_dir() and _is_complete(p))
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
+def latest_checkpoint(root: str) -> str | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
 
 
-def read_meta(path: str | Path) -> dict:
-    path = Path(path)
+def read_meta(path: str) -> dict:
+    url = storage.join(str(path), META)
+    if not storage.exists(url):
+        raise GantryError(f"{path}: not a gantry checkpoint (no {META})")
     try:
-        return json.loads((path / "meta.json").read_text())
-    except FileNotFoundError:
-        raise GantryError(f"{path}: not a gantry checkpoint (no meta.json)") from None
+        return json.loads(storage.read_bytes(url))
     except json.JSONDecodeError as e:
-        raise GantryError(f"{path}/meta.json: corrupt ({e})") from None
+        raise GantryError(f"{url}: corrupt ({e})") from None
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict, dict]:
+def load_checkpoint(path: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict, dict]:
     """-> (weights by network name, state, meta). Never unpickles code."""
-    path = Path(path)
-    if not path.is_dir() or not _is_complete(path):
-        raise GantryError(f"{path}: not a complete gantry checkpoint")
+    path = str(path)
     meta = read_meta(path)
     try:
-        weights = {n: load_file(str(path / f"{n}.safetensors")) for n in NETWORKS}
-        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+        weights = {n: load_safetensors(storage.read_bytes(storage.join(path, f"{n}.safetensors"))) for n in NETWORKS}
+        state = torch.load(io.BytesIO(storage.read_bytes(storage.join(path, "state.pt"))),
+                           weights_only=True, map_location="cpu")
+    except GantryError:
+        raise
     except Exception as e:  # safetensors and torch raise several types for a damaged file
         raise GantryError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
     return weights, state, meta
 
 
-def resolve_checkpoint(spec: str, root: str | Path) -> Path:
-    """`latest` -> newest valid checkpoint under root; anything else is a path."""
+def resolve_checkpoint(spec: str, root: str) -> str:
+    """`latest` -> newest checkpoint under root; a run's checkpoints folder -> its newest;
+    anything else is a checkpoint location."""
+    spec = str(spec)
     if spec == "latest":
         found = latest_checkpoint(root)
         if found is None:
             raise GantryError(f"--resume latest: no checkpoint under {root}")
         return found
-    path = Path(spec)
-    if path.is_dir() and not path.name.startswith(PREFIX):  # a run's checkpoint folder
-        found = latest_checkpoint(path)
+    if not storage.basename(spec).startswith(PREFIX):
+        found = latest_checkpoint(spec)
         if found is not None:
             return found
-    if not path.exists():
+    if not storage.exists(storage.join(spec, META)):
         raise GantryError(f"checkpoint not found: {spec}")
-    return path
+    return spec
 
 
-def load_generator(path: str | Path):
-    """-> (G_ema in eval mode, resolved RunConfig) from a checkpoint directory."""
-    from pipeline.worker import build_networks
+def load_generator(path: str):
+    """-> (G_ema in eval mode, resolved RunConfig) from a checkpoint or a checkpoints folder."""
     from pipeline.config import from_dict
+    from pipeline.worker import build_networks
 
-    path = resolve_checkpoint(str(path), Path(path))
+    path = resolve_checkpoint(str(path), str(path))
     meta = read_meta(path)
-    cfg = from_dict(meta["config"], f"{path}/meta.json")
+    cfg = from_dict(meta["config"], f"{path}/{META}")
     G, _ = build_networks(cfg, meta.get("channels", 2))
-    G.load_state_dict(load_file(str(path / "G_ema.safetensors")))
+    G.load_state_dict(load_safetensors(storage.read_bytes(storage.join(path, "G_ema.safetensors"))))
     return G.eval(), cfg
 
 

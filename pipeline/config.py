@@ -11,9 +11,19 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline import storage
+from pipeline.errors import GantryError
+
 
 class ConfigError(ValueError):
     """A config that cannot run. The message is one line naming the key and the file."""
+
+
+def _check_location(url: str, write: bool) -> None:
+    try:
+        storage.check(url, write=write)
+    except GantryError as e:
+        raise ValueError(str(e).removeprefix(f"{url}: ")) from None
 
 
 class Section(BaseModel):
@@ -64,6 +74,12 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(3, gt=0)
     out_dir: str = "runs"
 
+    @field_validator("out_dir")
+    @classmethod
+    def _writable_scheme(cls, v):
+        _check_location(v, write=True)
+        return v
+
     @field_validator("channels_last", mode="before")
     @classmethod
     def _yaml_on_off(cls, v):
@@ -82,6 +98,13 @@ class DataConfig(Section):
     shuffle_buffer: int = Field(1000, ge=0)
     resampled: bool = Field(False, description="multi-node: resample shards, fixed epoch length")
     batches_per_epoch: Optional[int] = Field(None, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _known_scheme(cls, v):
+        if v is not None:
+            _check_location(v, write=False)
+        return v
 
     @model_validator(mode="after")
     def _shards_need_path(self):

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pipeline import storage
 from pipeline.errors import GantryError
 from pipeline.shards.imaging import decode_sample
 from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
@@ -68,7 +69,7 @@ class _Events:
     def tar_error(self, exn: Exception) -> bool:
         # webdataset appends (stream, url) to the args of tar errors; name the shard from them.
         url = next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(".tar")), "?")
-        self.bad("shard", f"{Path(url).name}: unreadable tar ({exn.args[0] if exn.args else exn})")
+        self.bad("shard", f"{storage.basename(url)}: unreadable tar ({exn.args[0] if exn.args else exn})")
         return True
 
     def take(self) -> list:
@@ -84,10 +85,12 @@ def _open_shards(urls, manifest: Manifest, events: _Events, give_up: int):
     for url in urls:
         entry = manifest.entry(url)
         try:
-            data = Path(url).read_bytes()
+            # One shard in memory at a time (bounded by the shard size): hashed, then parsed
+            # from the same bytes. Transient network faults were retried by storage already.
+            data = storage.read_bytes(url)
             why = check_shard_bytes(entry, data)
-        except OSError as e:
-            why = f"cannot read shard ({e.strerror or e})"
+        except storage.StorageError as e:
+            why = f"cannot read shard ({e.reason})"
         if why:
             events.bad("shard", f"{entry.url}: {why}")
             bad_run += 1
@@ -132,7 +135,7 @@ class _EpochData(IterableDataset):
             events.pos += 1
             if events.pos <= events.start:
                 continue   # delivered before the checkpoint this stream resumed from
-            shard, key = Path(sample["__url__"]).name, sample["__key__"]
+            shard, key = storage.basename(sample["__url__"]), sample["__key__"]
             try:
                 img, label = decode_sample(sample, m.resolution, m.channels, m.classes)
             except ValueError as e:
@@ -178,7 +181,7 @@ class ShardStream:
         if not 0 <= rank < world_size or batch <= 0:
             raise GantryError(f"bad stream geometry: rank {rank}, world size {world_size}, batch {batch}")
         self.rank, self.world_size, self.seed, self.batch = rank, world_size, seed, batch
-        self.shards = [str(self.manifest.path(self.manifest.entry(u))) for u in shards] if shards else None
+        self.shards = [self.manifest.path(self.manifest.entry(u)) for u in shards] if shards else None
         if not resampled and self.shards is None:
             plan_shards(self.manifest, 0, seed, world_size)   # fail now if the plan is impossible
         self.loader_workers, self.shuffle_buffer, self.resampled = loader_workers, shuffle_buffer, resampled
@@ -210,7 +213,7 @@ class ShardStream:
 
     def _epoch_urls(self) -> list[str]:
         if self.resampled:
-            return self.shards or [str(self.manifest.path(e)) for e in self.manifest.shards]
+            return self.shards or [self.manifest.path(e) for e in self.manifest.shards]
         if self.shards is not None:
             urls = list(self.shards)
             random.Random(f"order/{self.seed}/{self.epoch}/{self.rank}").shuffle(urls)

@@ -5,11 +5,10 @@ fixed-seed generator so evaluating never changes the training RNG stream (exact 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from pipeline import storage
 from pipeline.metrics.mixture import mixture_scores
 from pipeline.tracking import Tracker
 from pipeline.visuals import image_grid, save_png, scatter_image
@@ -54,9 +53,9 @@ class ImageEvaluator:
     With `comm` (the strategy's collectives) and several ranks, every rank generates and
     extracts features of its share of the images; rank 0 gathers them, scores and logs."""
 
-    def __init__(self, z_dim: int, run_dir: Path, metrics=None, n_fake: int = 5000, features: str = "classifier",
+    def __init__(self, z_dim: int, run_dir: str, metrics=None, n_fake: int = 5000, features: str = "classifier",
                  n_grid: int = 64, seed: int = 12345, comm=None):
-        self.z_dim, self.run_dir, self.n_grid, self.seed = z_dim, Path(run_dir), n_grid, seed
+        self.z_dim, self.run_dir, self.n_grid, self.seed = z_dim, str(run_dir), n_grid, seed
         self.metrics, self.n_fake, self.features, self.comm = metrics, n_fake, features, comm
         self.rank, self.world_size = (comm.rank, comm.world_size) if comm else (0, 1)
         self._prepared = False
@@ -64,7 +63,7 @@ class ImageEvaluator:
     def __call__(self, G, step: int, tracker: Tracker) -> dict[str, float]:
         if self.rank == 0:
             grid = image_grid(generate(G, self.n_grid, self.z_dim, self.seed))
-            save_png(grid, self.run_dir / "samples" / f"grid-{step:09d}.png")
+            save_png(grid, storage.join(self.run_dir, "samples", f"grid-{step:09d}.png"))
             tracker.log_image(grid, "samples", step)
         if self.metrics is None:
             return {}

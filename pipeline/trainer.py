@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from models.ema import ema_beta, update_ema
-from pipeline import checkpoint
+from pipeline import checkpoint, storage
 from pipeline.config import RunConfig
 from pipeline.errors import GantryError
 from pipeline.evaluation import quality_score
@@ -37,13 +36,13 @@ from pipeline.tracking import Tracker
 class Trainer:
     def __init__(self, cfg: RunConfig, strategy: Strategy, G_ema: torch.nn.Module, phases: list[Phase],
                  stream, precision: Precision, augment, tracker: Tracker, evaluator, health: HealthMonitor | None,
-                 run_dir: Path, channels: int, on_checkpoint: Callable[[Path | None, dict], None] | None = None):
+                 run_dir: str, channels: int, on_checkpoint: Callable[[str | None, dict], None] | None = None):
         """`cfg` gives the schedule (train.*) and base learning rates; `on_checkpoint(path, info)`
         runs on every rank after each save (path on rank 0, None elsewhere): launchers use it to
         report checkpoints, e.g. to Ray Train."""
         self.cfg, self.strategy, self.G_ema, self.phases = cfg, strategy, G_ema, phases
         self.stream, self.precision, self.augment, self.tracker = stream, precision, augment, tracker
-        self.evaluator, self.health, self.run_dir, self.channels = evaluator, health, Path(run_dir), channels
+        self.evaluator, self.health, self.run_dir, self.channels = evaluator, health, run_dir, channels
         self.on_checkpoint = on_checkpoint
         self.device = strategy.device
         self.local_batch = cfg.rank_batch(strategy.world_size)
@@ -155,7 +154,7 @@ class Trainer:
         self.tracker.set_tags({"health_last_event": f"{decision.action}: {decision.reason}"[:5000]})
         if decision.action == "warn":
             return False
-        last_good = checkpoint.latest_checkpoint(self.run_dir / "checkpoints")
+        last_good = checkpoint.latest_checkpoint(storage.join(self.run_dir, "checkpoints"))
         if decision.action == "stop" or last_good is None:
             raise GantryError(f"training stopped by the health monitor: {decision.reason}"
                               + ("" if decision.action == "stop" else " (no checkpoint to roll back to)"))
@@ -163,7 +162,7 @@ class Trainer:
         self.load(last_good)
         self.set_lr_scale(lr_scale)
         self.stats.clear()
-        tqdm.write(f"gantry: rolled back to {last_good.name}, learning rates x{lr_scale:g}")
+        tqdm.write(f"gantry: rolled back to {storage.basename(last_good)}, learning rates x{lr_scale:g}")
         return True
 
     def set_lr_scale(self, scale: float) -> None:
@@ -173,7 +172,7 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------
 
-    def save(self) -> Path | None:
+    def save(self) -> str | None:
         self.strategy.barrier()
         state = {  # collective: every rank's data position and RNG
             "step": self.step, "nimg": self.nimg, "lr_scale": self.lr_scale,
@@ -192,17 +191,17 @@ class Trainer:
             meta = {"step": self.step, "nimg": self.nimg, "kimg": self.kimg, "channels": self.channels,
                     "config": self.cfg.model_dump(mode="json"), "tracking_run_id": self.tracker.run_id,
                     "eval": self.last_eval, "best_score": self.best_score, "time": time.time()}
-            path = checkpoint.save_checkpoint(self.run_dir / "checkpoints", self.step, weights,
+            path = checkpoint.save_checkpoint(storage.join(self.run_dir, "checkpoints"), self.step, weights,
                                               state, meta, keep=self.cfg.train.keep_checkpoints)
-            self.tracker.log_artifact(str(path), "checkpoints/latest")
+            self.tracker.log_artifact(path, "checkpoints/latest")
             if improved:
-                self.tracker.log_artifact(str(path), "checkpoints/best")
+                self.tracker.log_artifact(path, "checkpoints/best")
         self.strategy.barrier()
         if self.on_checkpoint:
             self.on_checkpoint(path, {"step": self.step, "kimg": self.kimg, **self.last_eval})
         return path
 
-    def load(self, path: Path) -> None:
+    def load(self, path: str) -> None:
         weights, state, meta = checkpoint.load_checkpoint(path)
         self.strategy.module("G").load_state_dict(weights["G"])
         self.strategy.module("D").load_state_dict(weights["D"])

@@ -1,12 +1,15 @@
 """Pictures of what G makes: image grids and 2-D scatter plots, as HxWxC uint8 arrays."""
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from pipeline import storage
 
 
 def image_grid(images: torch.Tensor, cols: int | None = None) -> np.ndarray:
@@ -42,8 +45,13 @@ def scatter_image(points: torch.Tensor, centers: torch.Tensor | None = None, siz
     return rgb
 
 
-def save_png(array: np.ndarray, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
-    return path
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(array: np.ndarray, location: str | Path) -> str:
+    """Write an HxWxC uint8 image as PNG to a path or URL."""
+    storage.write_bytes(str(location), png_bytes(array))
+    return str(location)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import subprocess
-from pathlib import Path
+import tempfile
 
 import torch
 
 from models.augment import Augment
-from pipeline import checkpoint
+from pipeline import checkpoint, storage
 from pipeline.config import OptimConfig, RunConfig, to_yaml
 from pipeline.errors import GantryError
 from pipeline.evaluation import ImageEvaluator, MixtureEvaluator, no_evaluation
@@ -28,8 +29,9 @@ from pipeline.tracking import Tracker
 from pipeline.trainer import Trainer
 
 
-def run_dir_for(cfg: RunConfig) -> Path:
-    return Path(cfg.train.out_dir) / cfg.name
+def run_dir_for(cfg: RunConfig) -> str:
+    """Where the run writes (a path or a URL): checkpoints/, samples/, config.yaml."""
+    return storage.join(cfg.train.out_dir, cfg.name)
 
 
 def make_strategy(cfg: RunConfig) -> Strategy:
@@ -59,13 +61,14 @@ def make_strategy(cfg: RunConfig) -> Strategy:
     return DeepSpeedStrategy(cfg.strategy.zero_stage, micro_batch=cfg.rank_batch(world_size))
 
 
-def make_stream(cfg: RunConfig, rank: int, world_size: int, shard_urls: list[str] | None = None):
+def make_stream(cfg: RunConfig, rank: int, world_size: int):
+    """This rank's stream: toy points, or its share of every epoch's shard plan."""
     d = cfg.data
     if cfg.is_toy:
         return MixtureStream(d.source, d.modes, d.std, d.radius, cfg.rank_batch(world_size), seed=cfg.seed * 7919 + rank)
     from pipeline.data import ShardStream
     return ShardStream.from_config(d, rank=rank, world_size=world_size, seed=cfg.seed,
-                                   batch=cfg.rank_batch(world_size), shards=shard_urls)
+                                   batch=cfg.rank_batch(world_size))
 
 
 def build_networks(cfg: RunConfig, channels: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -107,12 +110,15 @@ def make_networks(cfg: RunConfig, strategy: Strategy, precision, channels: int) 
     return G_ema
 
 
-def make_tracker(cfg: RunConfig, rank: int, resume_run_id: str | None, run_dir: Path) -> Tracker:
+def make_tracker(cfg: RunConfig, rank: int, resume_run_id: str | None, run_dir: str) -> Tracker:
     if rank != 0 or not cfg.tracking.enabled:
         return Tracker()
     from pipeline.tracking.mlflow_tracker import MLflowTracker
+    # The spool appends to files, which object stores cannot: for a run dir there, it is kept
+    # on this node's disk (it only ever holds what MLflow has not taken yet).
+    local = storage.local_path(run_dir) if storage.is_local(run_dir) else os.path.join(tempfile.gettempdir(), "gantry", cfg.name)
     return MLflowTracker(cfg.tracking, run_name=cfg.tracking.run_name or cfg.name, resume_run_id=resume_run_id,
-                         spool_dir=run_dir / "mlflow-spool")
+                         spool_dir=os.path.join(local, "mlflow-spool"))
 
 
 def make_health(cfg: RunConfig) -> HealthMonitor | None:
@@ -124,7 +130,7 @@ def make_health(cfg: RunConfig) -> HealthMonitor | None:
     return HealthMonitor.from_config(h)
 
 
-def make_evaluator(cfg: RunConfig, stream, run_dir: Path, device, comm=None):
+def make_evaluator(cfg: RunConfig, stream, run_dir: str, device, comm=None):
     """Rank 0 evaluates and logs; with image metrics the other ranks extract their share."""
     rank = comm.rank if comm else 0
     if cfg.is_toy:
@@ -157,8 +163,8 @@ def run_tags(cfg: RunConfig, stream, strategy: Strategy, precision) -> dict[str,
     }
 
 
-def train_worker(cfg: RunConfig, resume: str | None = None, shard_urls: list[str] | None = None,
-                 on_checkpoint=None, tracking_run_id: str | None = None) -> dict[str, float]:
+def train_worker(cfg: RunConfig, resume: str | None = None, on_checkpoint=None,
+                 tracking_run_id: str | None = None) -> dict[str, float]:
     """Train to cfg.train.kimg and return the last evaluation. `resume`: 'latest' or a path.
     `on_checkpoint(path, info)` runs on every rank after each save (see Trainer.save).
     `tracking_run_id`: log into this existing MLflow run (its params and tags are logged
@@ -171,10 +177,10 @@ def train_worker(cfg: RunConfig, resume: str | None = None, shard_urls: list[str
     with contextlib.ExitStack() as stack:
         strategy = make_strategy(cfg)
         stack.push(lambda kind, exc, tb: strategy.shutdown(failed=kind is not None))
-        ckpt = checkpoint.resolve_checkpoint(resume, run_dir / "checkpoints") if resume else None
+        ckpt = checkpoint.resolve_checkpoint(resume, storage.join(run_dir, "checkpoints")) if resume else None
         precision = choose_precision(cfg.train, strategy.device, image_model=not cfg.is_toy)
 
-        stream = make_stream(cfg, strategy.rank, strategy.world_size, shard_urls)
+        stream = make_stream(cfg, strategy.rank, strategy.world_size)
         G_ema = make_networks(cfg, strategy, precision, stream.channels)
         a = cfg.augment
         augment = Augment(a.kind, a.policy, a.ada_target, a.ada_interval, a.ada_kimg)
@@ -193,9 +199,8 @@ def train_worker(cfg: RunConfig, resume: str | None = None, shard_urls: list[str
             tracker.log_params(cfg.model_dump(mode="json"))
             tracker.set_tags(run_tags(cfg, stream, strategy, precision))
         if strategy.rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(to_yaml(cfg))
-            tracker.log_artifact(str(run_dir / "config.yaml"))
+            storage.write_bytes(storage.join(run_dir, "config.yaml"), to_yaml(cfg).encode())
+            tracker.log_artifact(storage.join(run_dir, "config.yaml"))
             print(f"gantry: {cfg.name}: precision {precision.name}, channels_last {precision.channels_last}, "
                   f"device {strategy.device}, workers {strategy.world_size}"
                   + (f", resumed from {ckpt} at kimg {trainer.kimg:.2f}" if ckpt else ""), flush=True)

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 def images_line(m) -> str:
     """What this command did with the source's images: kept, skipped (by name), and fitted."""
     from pipeline.shards.imaging import describe_fits
+    from pipeline import storage
     from pipeline.shards.manifest import MANIFEST
 
     record = m.sources[-1]
@@ -74,7 +75,7 @@ def images_line(m) -> str:
     if skipped:
         names = ", ".join(s["file"] for s in skipped[:SHOWN_SKIPS])
         more = f" and {len(skipped) - SHOWN_SKIPS} more" if len(skipped) > SHOWN_SKIPS else ""
-        skips = f"{len(skipped)} unreadable skipped ({names}{more}; reasons in {m.root / MANIFEST})"
+        skips = f"{len(skipped)} unreadable skipped ({names}{more}; reasons in {storage.join(m.root, MANIFEST)})"
     else:
         skips = "none skipped"
     fits = describe_fits(record["fitted"], m.resolution, m.transform)

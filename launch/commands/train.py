@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--launcher", choices=["local", "ray"],
                    help="default: ray when workers > 1, local when workers == 1")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)")
+    p.add_argument("--placement", choices=["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"], default="PACK",
+                   help="Ray: how workers are placed on nodes (default PACK; STRICT_SPREAD: one per node)")
     p.add_argument("--max-failures", type=int, default=3, metavar="N",
                    help="Ray: restart the worker group from its last checkpoint up to N times")
     p.set_defaults(func=run)
@@ -38,7 +40,7 @@ def run(args) -> int:
 
     cfg = config_from_args(args)
     result = launch(cfg, resume=args.resume, launcher=args.launcher, address=args.address,
-                    max_failures=args.max_failures)
+                    max_failures=args.max_failures, placement=args.placement)
     if result:
         print("gantry: final " + ", ".join(f"{k} {v:g}" for k, v in result.items()))
     return 0

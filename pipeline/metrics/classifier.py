@@ -9,15 +9,15 @@ G produces.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
+from pipeline import storage
 from pipeline.errors import GantryError
 
 WIDTH = 16
@@ -99,25 +99,20 @@ def load_or_train(cache_dir: str | Path, key: str, data: Callable[[], tuple[torc
 
     `key` must change whenever the data or the training recipe does; the caller builds it.
     """
-    base = Path(cache_dir) / f"classifier-{key}"
-    weights, meta_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
-    if weights.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    base = storage.join(str(cache_dir), f"classifier-{key}")
+    weights, meta_path = f"{base}.safetensors", f"{base}.json"
+    if storage.exists(meta_path):  # written last: the entry is whole
+        meta = json.loads(storage.read_bytes(meta_path))
         net = DomainClassifier(meta["channels"], meta["classes"], meta["width"])
-        net.load_state_dict(load_file(str(weights)))
+        net.load_state_dict(load(storage.read_bytes(weights)))
         return ClassifierFeatures(net, f"classifier-{key}", meta["accuracy"])
     images, labels = data()
     net, accuracy = train_classifier(images, labels, classes, steps=steps, seed=seed)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    # Weights first, meta last, each renamed into place: a reader never sees half a cache entry.
-    tmp = weights.with_suffix(f".tmp{os.getpid()}")
-    save_file(net.state_dict(), str(tmp))
-    os.replace(tmp, weights)
+    # Weights first, meta last, each written whole: a reader never sees half a cache entry.
+    storage.write_bytes(weights, save(net.state_dict()))
     meta = {"channels": images.shape[1], "classes": classes, "width": WIDTH, "accuracy": accuracy,
             "steps": steps, "seed": seed, "trained_on": len(images)}
-    tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+    storage.write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     return ClassifierFeatures(net, f"classifier-{key}", accuracy)
 
 

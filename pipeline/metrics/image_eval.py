@@ -15,12 +15,13 @@ sample seed) and kept as .npy under `cache_dir`; so is the classifier. A new dat
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline import storage
 from pipeline.errors import GantryError
 from pipeline.metrics import classifier as clf
 from pipeline.metrics.fid import GaussianStats, frechet_distance, kid
@@ -52,8 +53,8 @@ def read_real(m: Manifest, n: int | None = None, seed: int = 0) -> tuple[torch.T
         if not len(wanted):
             continue
         path = m.path(entry)
-        data = path.read_bytes() if path.is_file() else b""
-        why = "missing on disk" if not path.is_file() else check_shard_bytes(entry, data)
+        data = storage.read_bytes(path)
+        why = check_shard_bytes(entry, data)
         if why:
             raise GantryError(f"{path}: {why}")
         samples = read_samples(data)
@@ -80,7 +81,7 @@ class ImageMetrics:
         if features not in FEATURES:
             raise GantryError(f"unknown feature space {features!r}; expected one of {', '.join(FEATURES)}")
         self.manifest = load_manifest(manifest)
-        self.cache_dir, self.metrics, self.features = Path(cache_dir), tuple(metrics), features
+        self.cache_dir, self.metrics, self.features = str(cache_dir), tuple(metrics), features
         self.n_real, self.kid_subsets, self.kid_subset_size, self.pr_k = n_real, kid_subsets, kid_subset_size, pr_k
         self.classifier_steps, self.seed, self.device = classifier_steps, seed, device
         self.key = data_key(self.manifest)
@@ -93,7 +94,7 @@ class ImageMetrics:
     def from_config(cls, cfg, device="cpu") -> "ImageMetrics":
         """From a RunConfig: its `eval` section and its shard directory."""
         e = cfg.eval
-        return cls(cfg.data.path, e.cache_dir or Path(cfg.train.out_dir) / ".cache", e.metrics, e.features,
+        return cls(cfg.data.path, e.cache_dir or storage.join(cfg.train.out_dir, ".cache"), e.metrics, e.features,
                    e.n_real, e.kid_subsets, e.kid_subset_size, e.pr_k, e.classifier_steps, cfg.seed, device)
 
     # ---- feature extractors, built on first use -------------------------------------------
@@ -120,15 +121,14 @@ class ImageMetrics:
     def real_features(self) -> np.ndarray:
         """(n_real, D) float32 features of the real set, from the cache when present."""
         n = min(self.n_real or self.manifest.samples, self.manifest.samples)
-        path = self.cache_dir / f"real-{self.key}-n{n}-s{self.seed}-{self.extractor.name}.npy"
-        if path.is_file():
-            return np.load(path, allow_pickle=False)
+        url = storage.join(self.cache_dir, f"real-{self.key}-n{n}-s{self.seed}-{self.extractor.name}.npy")
+        if storage.exists(url):
+            return np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False)
         images, _ = read_real(self.manifest, n, self.seed)
         feats = self.extractor(images).numpy().astype(np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, feats)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.save(buf, feats)
+        storage.write_bytes(url, buf.getvalue())
         return feats
 
     # ---- scoring --------------------------------------------------------------------------

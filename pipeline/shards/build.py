@@ -30,6 +30,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.errors import GantryError
 from pipeline.shards.imaging import encode_png, fit, fit_steps, transform_name
 from pipeline.shards.manifest import MANIFEST, Manifest, ShardEntry, load_manifest, sha256_bytes
@@ -146,24 +147,31 @@ def _stage(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on
 
 
 def _publish(m: Manifest, staging: Path, entries: list[ShardEntry], record: dict) -> None:
-    """Move the staged shards into M's directory, then save the manifest, which commits them."""
-    moved = []
+    """Move (or upload) the staged shards into M's location, then save the manifest, which
+    commits them."""
+    placed = []
     try:
         for e in entries:
-            os.replace(staging / e.url, m.path(e))
-            moved.append(m.path(e))
+            if storage.is_local(m.root):
+                os.replace(staging / e.url, m.path(e))
+            else:
+                storage.write_bytes(m.path(e), (staging / e.url).read_bytes())
+            placed.append(m.path(e))
         m.sources.append(record)
         m.shards.extend(entries)
         m.save()
     except BaseException:
-        for path in moved:
-            path.unlink(missing_ok=True)
+        for url in placed:
+            storage.remove(url)
         raise
 
 
 def _write(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on_error: str) -> None:
-    """Append SRC to M as new shards and commit, or fail leaving M's directory untouched."""
-    with tempfile.TemporaryDirectory(dir=m.root, prefix=".staging-") as staging:
+    """Append SRC to M as new shards and commit, or fail leaving M's location untouched.
+    Shards are staged beside their destination on a local disk, in a temporary folder for an
+    object store, and uploaded whole."""
+    near = storage.local_path(m.root) if storage.is_local(m.root) else None
+    with tempfile.TemporaryDirectory(dir=near, prefix=".staging-") as staging:
         entries, tally = _stage(m, src, labels, workers, on_error, Path(staging))
         record = {"version": m.version, "source": src.description,
                   "samples": sum(e.samples for e in entries),
@@ -178,9 +186,15 @@ def _check_on_error(on_error: str) -> None:
 
 
 @contextlib.contextmanager
-def _new_dir(out: Path):
+def _new_dir(out: str):
     """Make OUT (and missing parents); if the body fails, remove the folders made here, which
-    the failed body has left empty, so the file system is as it was."""
+    the failed body has left empty, so the file system is as it was. An object store has no
+    folders to make; its bucket must exist."""
+    if not storage.is_local(out):
+        storage.ensure_dir(out)
+        yield
+        return
+    out = Path(storage.local_path(out))
     made = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -192,7 +206,7 @@ def _new_dir(out: Path):
         raise
 
 
-def build_shards(source: str, out: str | Path, resolution: int, *, shard_size: int = 1000,
+def build_shards(source: str, out: str, resolution: int, *, shard_size: int = 1000,
                  filter: str = "box", pad: bool = False, limit: int | None = None,
                  name: str | None = None, workers: int | None = None,
                  on_error: str = "fail") -> Manifest:
@@ -204,8 +218,9 @@ def build_shards(source: str, out: str | Path, resolution: int, *, shard_size: i
     _check_on_error(on_error)
     if resolution <= 0 or shard_size <= 0:
         raise GantryError(f"--resolution and --shard-size must be positive, got {resolution}, {shard_size}")
-    out = Path(out)
-    if (out / MANIFEST).exists():
+    out = str(out)
+    storage.check(out, write=True)
+    if storage.exists(storage.join(out, MANIFEST)):
         raise GantryError(f"{out} already holds shards; append with `gantry shards add {out} SOURCE`")
     transform = transform_name(pad, filter)
     src = load_source(source, resolution).head(limit)
@@ -217,7 +232,7 @@ def build_shards(source: str, out: str | Path, resolution: int, *, shard_size: i
     return m
 
 
-def add_shards(out: str | Path, source: str, *, limit: int | None = None,
+def add_shards(out: str, source: str, *, limit: int | None = None,
                workers: int | None = None, on_error: str = "fail") -> Manifest:
     """Append SOURCE to an existing directory with its resolution and transform; bump the version.
 
@@ -226,6 +241,7 @@ def add_shards(out: str | Path, source: str, *, limit: int | None = None,
     on_error is as for `build_shards`.
     """
     _check_on_error(on_error)
+    storage.check(str(out), write=True)
     m = load_manifest(out)
     src = load_source(source, m.resolution).head(limit)
     if src.channels != m.channels and not (src.channels == 1 and m.channels == 3):

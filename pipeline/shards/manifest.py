@@ -4,10 +4,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from pipeline import storage
 from pipeline.errors import GantryError
 
 MANIFEST = "manifest.json"
@@ -33,22 +32,22 @@ class Manifest:
     classes: dict[int, str]       # label -> class name
     sources: list[dict]           # one record per build/add: source, samples, version, shards
     shards: list[ShardEntry]
-    root: Path = field(default=Path("."), compare=False)   # directory the urls are relative to
+    root: str = field(default=".", compare=False)   # location (path or URL) the urls are relative to
 
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
 
-    def path(self, entry: ShardEntry) -> Path:
-        return self.root / entry.url
+    def path(self, entry: ShardEntry) -> str:
+        return storage.join(self.root, entry.url)
 
     def entry(self, url: str) -> ShardEntry:
         """The entry for a shard given by file name or by any path ending in it."""
-        name = Path(url).name
+        name = storage.basename(url)
         for e in self.shards:
             if e.url == name:
                 return e
-        raise GantryError(f"shard {url} is not listed in {self.root / MANIFEST}")
+        raise GantryError(f"shard {url} is not listed in {storage.join(self.root, MANIFEST)}")
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -58,32 +57,27 @@ class Manifest:
         return json.dumps({"format": FORMAT, **d}, indent=1) + "\n"
 
     def save(self) -> None:
-        """Atomically replace manifest.json: a reader sees the old or the new one, never half."""
-        tmp = self.root / (MANIFEST + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / MANIFEST)
+        """Replace manifest.json whole: a reader sees the old or the new one, never half."""
+        storage.write_bytes(storage.join(self.root, MANIFEST), self.to_json().encode())
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read a manifest from its file or its directory; any flaw is one GantryError."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / MANIFEST
-    if not p.is_file():
-        raise GantryError(f"{p}: no shard manifest (build one with `gantry shards build`)")
+def load_manifest(location: str) -> Manifest:
+    """Read a manifest from its file or its directory (a path or a URL); any flaw is one
+    GantryError."""
+    location = str(location).rstrip("/")
+    url = location if location.endswith(".json") else storage.join(location, MANIFEST)
+    if not storage.exists(url):
+        raise GantryError(f"{url}: no shard manifest (build one with `gantry shards build`)")
     try:
-        d = json.loads(p.read_text())
+        d = json.loads(storage.read_bytes(url))
         if d.pop("format") != FORMAT:
             raise ValueError("unknown manifest format")
         d.pop("samples", None)
         d["shards"] = [ShardEntry(**s) for s in d["shards"]]
         d["classes"] = {int(k): v for k, v in d["classes"].items()}
-        return Manifest(**d, root=p.parent)
+        return Manifest(**d, root=storage.parent(url))
     except (ValueError, KeyError, TypeError) as e:
-        raise GantryError(f"{p}: not a valid shard manifest ({e})") from None
+        raise GantryError(f"{url}: not a valid shard manifest ({e})") from None
 
 
 def sha256_bytes(data: bytes) -> str:

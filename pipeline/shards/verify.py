@@ -6,6 +6,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.shards.imaging import decode_sample
 from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
 
@@ -44,11 +45,11 @@ def verify_shards(out: str | Path) -> Report:
     m = load_manifest(out)
     report = Report(m)
     for entry in m.shards:
-        path = m.path(entry)
-        if not path.is_file():
-            report.problems.append(f"{entry.url}: missing on disk")
+        try:
+            data = storage.read_bytes(m.path(entry))
+        except storage.StorageError as e:
+            report.problems.append(f"{entry.url}: cannot read ({e.reason})")
             continue
-        data = path.read_bytes()
         why = check_shard_bytes(entry, data)
         if why:
             report.problems.append(f"{entry.url}: {why}")

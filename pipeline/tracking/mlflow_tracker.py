@@ -30,6 +30,7 @@ from typing import Mapping
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.errors import GantryError
 from pipeline.tracking import Tracker, spool, store
 from pipeline.tracking.records import Record, stage, take_chunk
@@ -136,9 +137,9 @@ class MLflowTracker(Tracker):
         (so logging each new checkpoint folder to `checkpoints/latest` replaces the last one).
         The bytes are snapshotted now (hard links), so the trainer may delete `path` or replace
         its files by rename right after; rewriting a file in place would change the snapshot."""
-        if not Path(path).exists():
+        if storage.is_local(path) and not Path(path).exists():
             raise GantryError(f"cannot log artifact {path}: no such file or folder")
-        staged = stage(path, spool.files_dir(self.spool_dir, self.run_id) / f"staged-{next(self._names)}" / Path(path).name)
+        staged = stage(path, spool.files_dir(self.spool_dir, self.run_id) / f"staged-{next(self._names)}" / storage.basename(path))
         self._enqueue([Record("artifact", artifact_path or "", path=str(staged))])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:

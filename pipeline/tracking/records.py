@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline import storage
+
 SCALARS = ("metric", "param", "tag")
 KINDS = SCALARS + ("image", "artifact", "end")
 
@@ -64,9 +66,13 @@ def take_chunk(queue: deque) -> list[Record]:
 def stage(src: str | os.PathLike, dest: Path) -> Path:
     """Snapshot a file or folder at `dest` by hard links (a copy across file systems), so the
     upload sees the bytes as they were when logged even if the trainer deletes or replaces the
-    original (checkpoints are replaced by rename, which leaves a hard link's content intact)."""
-    src = Path(src)
+    original (checkpoints are replaced by rename, which leaves a hard link's content intact).
+    A remote `src` (a run dir on object storage) is downloaded."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if not storage.is_local(str(src)):  # on an object store: this copy is the snapshot
+        storage.download(str(src), str(dest))
+        return dest
+    src = Path(src)
 
     def link(s, d):
         try:

@@ -2,6 +2,7 @@
 checkpoint gives one line, exit 1, and the run it resumed is FAILED, not left RUNNING."""
 import subprocess
 import sys
+from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -18,7 +19,7 @@ def test_corrupt_resume_checkpoint_fails_the_mlflow_run(tmp_path):
               "train.batch=64", "train.log_every=5", "train.eval_kimg=0.64", "train.checkpoint_kimg=0.64"]
     first = gantry("train", *common, "train.kimg=0.64")
     assert first.returncode == 0, first.stderr[-2000:]
-    ckpt = latest_checkpoint(tmp_path / "toy-ring" / "checkpoints")
+    ckpt = Path(latest_checkpoint(tmp_path / "toy-ring" / "checkpoints"))
     run_id = read_meta(ckpt)["tracking_run_id"]
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
 

@@ -2,6 +2,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def test_divergence_triggers_rollback_and_training_continues(tmp_path):
     restored = re.findall(r"^gantry: rolled back to (\S+), learning rates x(\S+)$", r.stdout, re.M)
     assert diverged, f"no divergence was detected:\n{r.stdout[-2000:]}"
     assert len(restored) == len(diverged), r.stdout[-2000:]
-    steps = {p.name: read_meta(p)["step"] for p in list_checkpoints(ckpts)}
+    steps = {Path(p).name: read_meta(p)["step"] for p in list_checkpoints(ckpts)}
     scale = 1.0
     for step, (name, lr_scale) in zip(diverged, restored):
         assert step > resumed_from

@@ -29,23 +29,18 @@ def final_state(run_dir: Path) -> tuple[dict, dict]:
     """(meta, state) of the newest checkpoint of a run."""
     from pipeline import checkpoint
 
-    latest = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+    latest = checkpoint.latest_checkpoint(str(run_dir / "checkpoints"))
     assert latest is not None, f"no checkpoint under {run_dir}"
-    state = torch.load(latest / "state.pt", weights_only=True)
+    state = torch.load(Path(latest) / "state.pt", weights_only=True)
     return checkpoint.read_meta(latest), state
 
 
-def held_checkpoint(storage: Path) -> str | None:
-    """The newest checkpoint Ray Train has registered under `storage` (what a restart gets)."""
-    import json
+def held_checkpoint(run_dir: Path) -> str | None:
+    """The name of the run's newest committed checkpoint (what a restarted group resumes from)."""
+    from pipeline import checkpoint
 
-    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
-        try:
-            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
-        except json.JSONDecodeError:  # caught mid-write
-            return None
-        return latest["checkpoint_dir_name"] if latest else None
-    return None
+    latest = checkpoint.latest_checkpoint(str(run_dir / "checkpoints"))
+    return Path(latest).name if latest else None
 
 
 def worker_pid(log: str, rank: int) -> int | None:

@@ -1,4 +1,4 @@
-"""Ray Train restarts a failed worker group (FailureConfig) from the last reported checkpoint,
+"""Ray Train restarts a failed worker group (FailureConfig); it resumes from the run's newest checkpoint,
 with every rank's data position, and the run finishes on its own at the configured length:
 
 - a worker process SIGKILLed mid-run;
@@ -35,13 +35,12 @@ def _start(tmp_path, kimg: float, ckpt_kimg: float, *extra: str) -> tuple[subpro
     return proc, log_path
 
 
-def _rank1_once_held(proc, log_path, reported, timeout: float = 300) -> tuple[int, str]:
-    """(rank 1's worker pid, the checkpoint Ray holds), once Ray holds one. Ray prints each
-    worker's pid and rank when it starts the group, and snapshots its checkpoint manager once
-    it has registered a reported checkpoint."""
+def _rank1_once_held(proc, log_path, run_dir, timeout: float = 300) -> tuple[int, str]:
+    """(rank 1's worker pid, the run's newest checkpoint), once there is one. Ray prints each
+    worker's pid and rank when it starts the group."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        rank1, held = worker_pid(log_path.read_text(), rank=1), held_checkpoint(reported)
+        rank1, held = worker_pid(log_path.read_text(), rank=1), held_checkpoint(run_dir)
         if rank1 and held:
             return rank1, held
         time.sleep(0.1)
@@ -66,7 +65,7 @@ def _check_resumed_and_finished(tmp_path, out: str, kimg: float, killed_after: s
 def test_killed_worker_resumes_from_last_checkpoint(tmp_path):
     proc, log_path = _start(tmp_path, KIMG, CKPT_KIMG, "--strategy", "ddp")
     try:
-        victim, held = _rank1_once_held(proc, log_path, tmp_path / "mnist-dcgan" / "ray")
+        victim, held = _rank1_once_held(proc, log_path, tmp_path / "mnist-dcgan")
         os.kill(victim, signal.SIGKILL)
         rc = proc.wait(timeout=600)
     finally:
@@ -86,15 +85,15 @@ LOADER_KIMG = 1.92  # 60 steps: epoch 1 (steps 33-64) starts after the first che
 LOADER_CKPT_KIMG = 0.32  # every 10 steps
 
 
-def _fresh_loader_worker(proc, log_path, reported, timeout: float = 300) -> tuple[int, str]:
-    """(pid of a DataLoader worker of rank 1 that started after Ray held a checkpoint, that
+def _fresh_loader_worker(proc, log_path, run_dir, timeout: float = 300) -> tuple[int, str]:
+    """(pid of a DataLoader worker of rank 1 that started after the run saved a checkpoint, that
     checkpoint). A worker started then has a whole epoch to deliver; one that had already
     queued its last batch could die unnoticed."""
     deadline = time.monotonic() + timeout
     seen: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:
         rank1 = worker_pid(log_path.read_text(), rank=1)
-        held = held_checkpoint(reported)
+        held = held_checkpoint(run_dir)
         loader = loader_worker_pid(rank1) if rank1 else None
         if loader and held and loader not in seen and seen:
             return loader, held
@@ -109,7 +108,7 @@ def _fresh_loader_worker(proc, log_path, reported, timeout: float = 300) -> tupl
 def test_rank_failing_beside_a_collective_restarts_the_group(tmp_path, strategy):
     proc, log_path = _start(tmp_path, LOADER_KIMG, LOADER_CKPT_KIMG, "--strategy", strategy, "data.loader_workers=1")
     try:
-        victim, held = _fresh_loader_worker(proc, log_path, tmp_path / "mnist-dcgan" / "ray")
+        victim, held = _fresh_loader_worker(proc, log_path, tmp_path / "mnist-dcgan")
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
         # rank 1 raises ("DataLoader worker ... exited unexpectedly") while rank 0 waits in the

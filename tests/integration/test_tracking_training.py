@@ -48,7 +48,7 @@ def test_two_worker_ray_run_logs_everything_and_reads_back_identical(mlflow_serv
     steps = _steps(client, run.info.run_id, "D_main/loss")
     assert steps[-1] == 32 and len(steps) == 4  # 1024 images / batch 32, logged every 8 steps
     assert any(f.path.endswith(".png") for f in client.list_artifacts(run.info.run_id, "images"))
-    local = latest_checkpoint(tmp_path / "out" / "mnist-dcgan" / "checkpoints")
+    local = Path(latest_checkpoint(tmp_path / "out" / "mnist-dcgan" / "checkpoints"))
     remote = Path(client.download_artifacts(run.info.run_id, "checkpoints/latest", str(tmp_path / "dl")))
     for name in ("G_ema.safetensors", "meta.json"):
         assert (remote / name).read_bytes() == (local / name).read_bytes()

@@ -39,7 +39,7 @@ def rewrite_member(out: Path, shard: int, member: str, data: bytes) -> str:
     """Replace one file inside a shard and re-hash it in the manifest, as if built that way."""
     m = load_manifest(out)
     entry = m.shards[shard]
-    path = m.path(entry)
+    path = Path(m.path(entry))
     with tarfile.open(path) as tar:
         members = [(i, tar.extractfile(i).read()) for i in tar if i.isreg()]
     buf = io.BytesIO()
@@ -55,7 +55,7 @@ def rewrite_member(out: Path, shard: int, member: str, data: bytes) -> str:
 
 def refresh_hash(out: Path, shard: int) -> None:
     m = load_manifest(out)
-    data = m.path(m.shards[shard]).read_bytes()
+    data = Path(m.path(m.shards[shard])).read_bytes()
     m.shards[shard] = dataclasses.replace(m.shards[shard], bytes=len(data), sha256=sha256_bytes(data))
     m.save()
 

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,14 +24,15 @@ def test_round_trip_and_no_pickle(tmp_path):
     weights, loaded, meta = load_checkpoint(path)
     assert torch.equal(weights["G_ema"]["w"], torch.full((4,), 4.5))
     assert torch.equal(loaded["rng"], state["rng"]) and loaded["nested"] == state["nested"]
-    assert meta["step"] == 7 and json.loads((path / "meta.json").read_text())["step"] == 7
+    assert meta["step"] == 7 and json.loads((Path(path) / "meta.json").read_text())["step"] == 7
 
 
 def test_keep_prunes_oldest(tmp_path):
     for step in range(5):
         save_checkpoint(tmp_path, step, _weights(step), {}, {"step": step}, keep=2)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-000000003", "ckpt-000000004"]
-    assert resolve_checkpoint("latest", tmp_path).name == "ckpt-000000004"
+    assert [Path(p).name for p in list_checkpoints(tmp_path)] == ["ckpt-000000003", "ckpt-000000004"]
+    assert Path(resolve_checkpoint("latest", tmp_path)).name == "ckpt-000000004"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000003", "ckpt-000000004"]
 
 
 def test_missing_and_corrupt_are_one_line_errors(tmp_path):
@@ -39,7 +41,7 @@ def test_missing_and_corrupt_are_one_line_errors(tmp_path):
     with pytest.raises(GantryError, match="not found"):
         resolve_checkpoint(str(tmp_path / "nope"), tmp_path)
     path = save_checkpoint(tmp_path, 1, _weights(1.0), {}, {"step": 1})
-    (path / "G.safetensors").write_bytes(b"garbage")
+    (Path(path) / "G.safetensors").write_bytes(b"garbage")
     with pytest.raises(GantryError, match="cannot read checkpoint"):
         load_checkpoint(path)
 
@@ -56,11 +58,12 @@ for step in range(1, 100):
 
 def test_kill_mid_write_leaves_previous_checkpoint_loadable(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=os.getcwd())
+    second = tmp_path / "ckpt-000000002"
     try:
         deadline = time.time() + 120
-        # wait until step 1 is complete and step 2 is being written, then kill hard
+        # wait until step 1 is committed and step 2's weights are being written, then kill hard
         while time.time() < deadline:
-            if latest_checkpoint(tmp_path) and any(p.name.startswith(".tmp-ckpt-000000002") for p in tmp_path.iterdir()):
+            if latest_checkpoint(tmp_path) and second.is_dir() and any(second.iterdir()):
                 break
             time.sleep(0.01)
         else:
@@ -69,8 +72,8 @@ def test_kill_mid_write_leaves_previous_checkpoint_loadable(tmp_path):
         proc.wait()
     finally:
         proc.kill()
-    assert any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())  # it really died mid-write
+    assert not (second / "meta.json").exists()  # it really died mid-write: step 2 never committed
     newest = latest_checkpoint(tmp_path)
-    assert newest.name in ("ckpt-000000001", "ckpt-000000002")
+    assert Path(newest).name == "ckpt-000000001"
     weights, state, meta = load_checkpoint(newest)
     assert weights["G"]["w"].numel() == 64 * 1024 * 1024 // 4 and state["step"] == meta["step"]

@@ -1,0 +1,152 @@
+"""Runs whose data, run dir and checkpoints live on object storage: a real S3-compatible server
+(moto) and a real HTTP server on loopback. Nothing the run writes lands on the local disk."""
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import checkpoint, storage
+from pipeline.data import ShardStream
+from ray_helpers import REPO, build_mnist
+from servers import HttpServer, S3Server, free_port
+
+SMALL = ["train.batch=32", "train.log_every=8", "train.precision=fp32", "tracking.enabled=false",
+         "train.eval_kimg=1000", "eval.metrics=[]"]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def gantry(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # Run from an empty folder: a relative path anywhere would land there and be seen.
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def _local_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_shards_runs_and_checkpoints_on_s3(s3, tmp_path):
+    bucket = s3.bucket("gantry-runs")
+    data, runs = f"{bucket}/mnist-32", f"{bucket}/runs"
+    work = tmp_path / "work"
+    work.mkdir()
+    r = gantry("shards", "build", "mnist", data, "--resolution", "32", "--pad", "--limit", "512",
+               "--shard-size", "128", "--workers", "1", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert gantry("shards", "verify", data, cwd=work).returncode == 0
+
+    common = ["configs/mnist-dcgan.yaml".replace("configs", str(REPO / "configs")), f"data.path={data}",
+              f"train.out_dir={runs}", "train.checkpoint_kimg=0.256", *SMALL]
+    r = gantry("train", *common, "train.kimg=0.512", "train.eval_kimg=0.512", cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = f"{runs}/mnist-dcgan"
+    assert [Path(c).name for c in checkpoint.list_checkpoints(f"{run}/checkpoints")] == \
+        ["ckpt-000000008", "ckpt-000000016"]
+    assert storage.list_names(f"{run}/samples") == ["grid-000000016.png"]
+    assert storage.exists(f"{run}/config.yaml")
+
+    r = gantry("train", *common, "train.kimg=0.768", "--resume", "latest", cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from s3://gantry-runs/runs/mnist-dcgan/checkpoints/ckpt-000000016 at kimg 0.51" in r.stdout
+    assert checkpoint.read_meta(checkpoint.latest_checkpoint(f"{run}/checkpoints"))["step"] == 24
+    assert _local_files(work) == []  # everything went to the bucket
+
+
+def test_http_shards_stream_the_same_batches_as_the_disk(tmp_path):
+    shards = build_mnist(tmp_path / "shards")
+    server = HttpServer(tmp_path / "shards", tmp_path)
+    try:
+        def first(location):
+            stream = ShardStream(location, batch=16, seed=3, loader_workers=0)
+            return [next(stream) for _ in range(3)]
+
+        for (a, la), (b, lb) in zip(first(str(shards)), first(server.url)):
+            assert torch.equal(a, b) and torch.equal(la, lb)
+    finally:
+        server.stop()
+
+
+class _FailingShardHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, except that one shard answers 500 every time."""
+
+    def do_GET(self):
+        if self.path.endswith("-000001.tar"):
+            self.send_error(500, "backend down")
+        else:
+            super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_5xx_mid_run_follows_on_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "BACKOFF_S", 0.01)
+    shards = build_mnist(tmp_path / "shards")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()),
+                                             partial(_FailingShardHandler, directory=str(shards)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        skipping = ShardStream(url, batch=128, seed=0, loader_workers=0, shuffle_buffer=0, on_error="skip")
+        seen = sum(len(next(skipping)[0]) for _ in range(7))  # 8 shards of 128, one unreadable
+        assert seen == 7 * 128 and skipping.state_dict()["skipped"]["shards"] == 1
+        failing = ShardStream(url, batch=128, seed=0, loader_workers=0, shuffle_buffer=0, on_error="fail")
+        with pytest.raises(Exception, match=r"mnist-000001.tar: cannot read shard \(.*500"):
+            for _ in range(8):
+                next(failing)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint", "unknown scheme"])
+def test_bad_storage_is_one_line_at_start_up(s3, tmp_path, case):
+    work = tmp_path / "work"
+    work.mkdir()
+    out, env_url = {"missing bucket": ("s3://no-such-bucket/runs", s3.url),
+                    "unreachable endpoint": ("s3://any/runs", f"http://127.0.0.1:{free_port()}"),
+                    "unknown scheme": ("ftp://host/runs", s3.url)}[case]
+    os.environ["AWS_ENDPOINT_URL"] = env_url
+    try:
+        r = gantry("train", str(REPO / "configs/toy-ring.yaml"), f"train.out_dir={out}", "tracking.enabled=false",
+                   cwd=work)
+    finally:
+        os.environ["AWS_ENDPOINT_URL"] = s3.url
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == (2 if case == "unknown scheme" else 1), r.stderr
+    assert len(lines) == 1 and out in lines[0], r.stderr
+    assert s3.env["AWS_SECRET_ACCESS_KEY"] not in r.stderr + r.stdout
+    assert _local_files(work) == []
+
+
+def test_a_shard_that_differs_from_its_manifest_is_named(s3, tmp_path):
+    bucket = s3.bucket("tampered")
+    work = tmp_path / "work"
+    work.mkdir()
+    assert gantry("shards", "build", "mnist", f"{bucket}/d", "--resolution", "32", "--pad", "--limit", "256",
+                  "--shard-size", "128", "--workers", "1", cwd=work).returncode == 0
+    storage.write_bytes(f"{bucket}/d/mnist-000001.tar", b"not the shard")
+    r = gantry("shards", "verify", f"{bucket}/d", cwd=work)
+    assert r.returncode == 1 and "mnist-000001.tar: is 13 bytes, manifest says" in r.stdout, r.stdout
