@@ -30,7 +30,7 @@ system-deps:
 install: $(STAMP) system-deps
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow"

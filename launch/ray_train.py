@@ -73,16 +73,19 @@ def _absolute(cfg: RunConfig, resume: str | None) -> tuple[RunConfig, str | None
 
 
 def _refuse_local_paths_on_a_cluster(cfg: RunConfig) -> None:
+    """A config error (exit 2), found once the cluster's size is known, before any work."""
     import ray
 
     from pipeline import storage
+    from pipeline.config import ConfigError
 
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     if nodes < 2:
         return
-    for key, location in (("train.out_dir", cfg.train.out_dir), ("data.path", None if cfg.is_toy else cfg.data.path)):
+    for key, location in (("train.out_dir", cfg.train.out_dir), ("data.path", None if cfg.is_toy else cfg.data.path),
+                          ("eval.cache_dir", cfg.eval.cache_dir)):
         if location and storage.is_local(location):
-            raise GantryError(f"{key} {location} is on this machine's disk, which the other {nodes - 1} nodes of the "
+            raise ConfigError(f"{key} {location} is on this machine's disk, which the other {nodes - 1} nodes of the "
                               f"Ray cluster cannot read; use an object store (s3://…, gs://…)")
 
 
@@ -95,10 +98,9 @@ def _ray_storage(run_dir: str):
     location = storage.join(run_dir, "ray")
     if storage.is_local(location):
         return storage.local_path(location), None
-    import fsspec
     import pyarrow.fs
 
-    fs, path = fsspec.core.url_to_fs(location)
+    fs, path = storage.filesystem(location)
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
@@ -137,10 +139,10 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
     """Train `cfg` on `cfg.workers` Ray workers; return rank 0's last report (its eval)."""
     import ray
     import ray.train
-    import torch
     from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from pipeline import checkpoint
     from pipeline.strategy import COLLECTIVE_TIMEOUT_S
     from pipeline.worker import run_dir_for
 
@@ -152,16 +154,18 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
     started = _connect(address, cfg.workers)
     try:
         _refuse_local_paths_on_a_cluster(cfg)
-    except GantryError:
+    except Exception:
         if started:
             ray.shutdown()
         raise
-    gpu = torch.cuda.is_available()
+    # The cluster's GPUs, not this process's: on KubeRay the driver runs on a CPU-only head pod.
+    gpu = ray.cluster_resources().get("GPU", 0) >= 1
     storage_path, storage_filesystem = _ray_storage(run_dir_for(cfg))
+    launched = time.time()
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "resume": resume, "tracking_run_id": tracking_run_id,
-                           "launched": time.time(), "threads": max(1, (os.cpu_count() or 1) // cfg.workers)},
+                           "launched": launched, "threads": max(1, (os.cpu_count() or 1) // cfg.workers)},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo", timeout_s=COLLECTIVE_TIMEOUT_S),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu, resources_per_worker={"CPU": 1},
                                      placement_strategy=placement),
@@ -174,13 +178,16 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
         ),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise GantryError(f"training failed after {max_failures} restarts: {_root_cause(e)}") from None
     finally:
         if started:
             ray.shutdown()
-    return {k: v for k, v in (result.metrics or {}).items() if k not in ("step", "kimg")}
+    # The run's last evaluation, as its final checkpoint recorded it (Ray Train keeps reported
+    # metrics only with checkpoints, and gantry's checkpoints stay in the run dir).
+    latest = _saved_since(cfg, launched)
+    return dict(checkpoint.read_meta(latest).get("eval") or {}) if latest else {}
 
 
 def _root_cause(e: BaseException) -> str:

@@ -86,12 +86,18 @@ class StorageError(GantryError):
         self.url, self.reason = url, reason
 
 
-def _filesystem(url: str):
+def filesystem(url: str):
+    """(fsspec file system, path inside it) for `url`."""
     import fsspec
 
     check(url)
+    options = {}
+    if scheme(url) == "s3" and os.environ.get("AWS_ENDPOINT_URL"):
+        # Named here, not left to botocore, so that fsspec's cache of file systems is keyed
+        # by the endpoint: a process whose endpoint changes never reuses a client of the old one.
+        options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
     try:
-        return fsspec.core.url_to_fs(str(url))
+        return fsspec.core.url_to_fs(str(url), **options)
     except ImportError as e:  # s3fs / gcsfs are extras
         extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme(url), scheme(url))
         raise GantryError(f"{url}: {scheme(url)}:// needs an extra package: pip install 'gantry[{extra}]' "
@@ -125,7 +131,7 @@ def _call(url: str, what: str, fn: Callable[[], T], retries: int = RETRIES) -> T
 
 
 def read_bytes(url: str) -> bytes:
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     return _call(url, "cannot read", lambda: fs.cat_file(path))
 
 
@@ -135,7 +141,7 @@ def write_bytes(url: str, data: bytes) -> None:
     if is_local(url):
         _write_local(local_path(url), data)
         return
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     _call(url, "cannot write", lambda: fs.pipe_file(path, data))
 
 
@@ -150,13 +156,13 @@ def _write_local(path: str, data: bytes) -> None:
 
 
 def exists(url: str) -> bool:
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     return _call(url, "cannot look up", lambda: fs.exists(path))
 
 
 def list_names(url: str) -> list[str]:
     """Names of the entries directly under `url`, sorted; [] when there is nothing there."""
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
 
     def ls():
         try:
@@ -168,7 +174,7 @@ def list_names(url: str) -> list[str]:
 
 def remove(url: str) -> None:
     """Remove a file or a whole directory; nothing there is fine."""
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
 
     def rm():
         try:
@@ -180,13 +186,13 @@ def remove(url: str) -> None:
 
 def open_read(url: str):
     """A binary file object streaming `url` (for data too large to hold whole)."""
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     return _call(url, "cannot open", lambda: fs.open(path, "rb"))
 
 
 def download(url: str, dest: str) -> None:
     """Copy a file, or a directory's whole tree, at `url` to the local path `dest`."""
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     _call(url, "cannot download", lambda: fs.get(path, dest, recursive=True))
 
 
@@ -197,6 +203,6 @@ def ensure_dir(url: str) -> None:
     if is_local(url):
         os.makedirs(local_path(url), exist_ok=True)
         return
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     bucket = path.split("/", 1)[0]
     _call(url, f"bucket '{bucket}' is not usable", lambda: fs.ls(bucket, detail=False), retries=1)

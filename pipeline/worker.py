@@ -114,11 +114,13 @@ def make_tracker(cfg: RunConfig, rank: int, resume_run_id: str | None, run_dir: 
     if rank != 0 or not cfg.tracking.enabled:
         return Tracker()
     from pipeline.tracking.mlflow_tracker import MLflowTracker
-    # The spool appends to files, which object stores cannot: for a run dir there, it is kept
-    # on this node's disk (it only ever holds what MLflow has not taken yet).
-    local = storage.local_path(run_dir) if storage.is_local(run_dir) else os.path.join(tempfile.gettempdir(), "gantry", cfg.name)
+    # The spool appends to files, which object stores cannot: it is written on this node's disk
+    # and, for a run dir on an object store, published there at close (see tracking/spool.py).
+    remote = not storage.is_local(run_dir)
+    local = os.path.join(tempfile.gettempdir(), "gantry", cfg.name) if remote else storage.local_path(run_dir)
     return MLflowTracker(cfg.tracking, run_name=cfg.tracking.run_name or cfg.name, resume_run_id=resume_run_id,
-                         spool_dir=os.path.join(local, "mlflow-spool"))
+                         spool_dir=os.path.join(local, "mlflow-spool"),
+                         spool_to=storage.join(run_dir, "mlflow-spool") if remote else None)
 
 
 def make_health(cfg: RunConfig) -> HealthMonitor | None:

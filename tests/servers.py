@@ -53,12 +53,14 @@ class Server:
 
 class S3Server(Server):
     """moto_server. `env` holds what a client needs (endpoint, any key: moto accepts every
-    key unless told to check them); `bucket(name)` creates a bucket."""
+    key unless told to check them); `bucket(name)` creates a bucket. With `check_keys` moto
+    authenticates every request, and refuses every key, since it knows none."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, check_keys: bool = False):
         port = free_port()
         moto = Path(sys.executable).with_name("moto_server")
-        super().__init__([str(moto), "-H", "127.0.0.1", "-p", str(port)], port, root / "moto.log")
+        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0") if check_keys else None
+        super().__init__([str(moto), "-H", "127.0.0.1", "-p", str(port)], port, root / "moto.log", env=env)
         self.env = {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "gantry-test-key",
                     "AWS_SECRET_ACCESS_KEY": "gantry-test-secret-value", "AWS_DEFAULT_REGION": "us-east-1"}
 

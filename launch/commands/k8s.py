@@ -1,4 +1,5 @@
-"""`gantry k8s render CONFIG`: print (or write) the KubeRay RayJob that trains CONFIG."""
+"""`gantry k8s render CONFIG [key=value ...]`: print (or write) the KubeRay RayJob that trains
+CONFIG with those overrides."""
 from __future__ import annotations
 
 import argparse
@@ -12,12 +13,18 @@ def register(subparsers) -> None:
     render = verbs.add_parser(
         "render",
         help="the RayJob that trains a config",
-        description="Write the RayJob YAML that runs `gantry train CONFIG --workers N` on KubeRay. "
-        "Image, pod resources and GPU placement come from the kustomize overlay (k8s/overlays).",
+        description="Write the RayJob YAML that runs `gantry train CONFIG key=value ... --workers N "
+        "--launcher ray` on KubeRay. Image, pod resources and GPU placement come from the kustomize "
+        "overlay (k8s/overlays). The job's pods share no disk, so data.path and train.out_dir must be "
+        "object-store URLs (s3://, gs://; data may also be http(s)://). See k8s/README.md.",
     )
     render.add_argument("config", help="run config; the same path must exist inside the image")
+    render.add_argument("overrides", nargs="*",
+                        help="dotted overrides as for `gantry train`, e.g. data.path=s3://BUCKET/mnist-32")
     render.add_argument("--overlay", choices=OVERLAYS, default="cpu-dev", help="default: cpu-dev")
     render.add_argument("--image", help="container image to run instead of the overlay's")
+    render.add_argument("--resume", metavar="latest|URL",
+                        help="the job continues from this checkpoint (latest: the newest under the run dir)")
     render.add_argument("--out", help="write here instead of stdout")
     render.set_defaults(func=run)
 
@@ -32,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.errors import GantryError
 
-    cfg = load_config(args.config)
-    job = render_rayjob(cfg, args.config, overlay_rayjob(args.overlay), image=args.image)
+    # The same loading as `gantry train`, so a bad key or value fails here (exit 2), not in the pod.
+    cfg = load_config(args.config, args.overrides)
+    job = render_rayjob(cfg, args.config, overlay_rayjob(args.overlay), image=args.image,
+                        overrides=args.overrides, resume=args.resume)
     text = yaml.safe_dump(job, sort_keys=False)
     if args.out is None:
         sys.stdout.write(text)

@@ -50,6 +50,9 @@ class MLflowTracker(Tracker):
         tags: set on the run when it starts.
         spool_dir: where records left unsent at close are kept (default `./mlflow-spool`);
             artifacts are staged there too, so keep it on the file system of the checkpoints.
+        spool_to: a storage location (the run dir's `mlflow-spool` on an object store) where a
+            spool left at close is published, and where a resumed run looks for one: the
+            node's own disk may be gone by then.
         flush_interval: seconds between upload rounds; what was logged meanwhile is batched.
         close_timeout: how long close() keeps retrying an unreachable server before spooling.
         system_metrics: also log MLflow's CPU/memory/disk/network metrics (`system/...`).
@@ -62,6 +65,7 @@ class MLflowTracker(Tracker):
         resume_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         spool_dir: str | os.PathLike | None = None,
+        spool_to: str | None = None,
         flush_interval: float = 1.0,
         close_timeout: float = 10.0,
         system_metrics: bool = True,
@@ -78,6 +82,7 @@ class MLflowTracker(Tracker):
         self.client = MlflowClient(self.uri)
         self.backlog = cfg.backlog
         self.spool_dir = Path(spool_dir or "mlflow-spool")
+        self.spool_to = spool_to
         self.flush_interval = flush_interval
         self.close_timeout = close_timeout
         self.dropped = 0  # metric points dropped because the backlog was full
@@ -85,8 +90,12 @@ class MLflowTracker(Tracker):
         run = _with_retries(lambda: self._open_run(cfg.experiment, run_name or cfg.run_name, resume_run_id, tags), self.uri)
         self.run_id = run.info.run_id
         leftover = self.spool_dir / f"{self.run_id}.jsonl"
+        published = storage.join(spool_to, leftover.name) if spool_to else None
         if leftover.exists():  # an earlier session of this run closed while the server was down
             spool.sync(leftover, self.uri)
+            run = self.client.get_run(self.run_id)
+        if published and storage.exists(published):  # the same, on another node
+            spool.sync_url(published, self.uri)
             run = self.client.get_run(self.run_id)
         steps = [m.step for m in run.data._metric_objs if not m.key.startswith(SYSTEM_PREFIX)]
         self.start_step = max(steps) + 1 if steps else 0
@@ -168,6 +177,8 @@ class MLflowTracker(Tracker):
                 self.spool_dir.rmdir()  # only if no other run left a spool there
         else:
             path = spool.write(self.spool_dir, self.run_id, self.uri, left)
+            if self.spool_to:
+                path = spool.publish(self.spool_dir, self.run_id, self.spool_to)
             log.warning("MLflow at %s still unreachable: %d records of run %s kept in %s; upload them with `gantry tracking sync %s`", self.uri, len(left), self.run_id, path, path)
         if self.dropped:
             log.warning("tracking backlog overflowed: %d metric points were dropped", self.dropped)

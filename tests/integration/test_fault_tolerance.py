@@ -1,10 +1,8 @@
 """Ray Train restarts a failed worker group (FailureConfig); it resumes from the run's newest checkpoint,
-with every rank's data position, and the run finishes on its own at the configured length:
-
-- a worker process SIGKILLed mid-run;
-- a rank that raises while the other waits in a collective (its DataLoader worker SIGKILLed,
-  as the OOM killer does): the failing rank must leave without entering a collective, or both
-  sit until the collective timeout and Ray never learns that anything failed.
+and the run finishes on its own at the configured length, when a rank raises while the other
+waits in a collective (its DataLoader worker SIGKILLed, as the OOM killer does): the failing rank
+must leave without entering a collective, or both sit until the collective timeout and Ray never
+learns that anything failed. (A worker process SIGKILLed mid-run: tests/integration/test_two_nodes.py.)
 """
 from __future__ import annotations
 
@@ -16,14 +14,10 @@ import time
 
 import pytest
 
-from ray_helpers import (BATCH, REPO, build_mnist, final_state, held_checkpoint, loader_worker_pid, stop_tree,
-                         train_cmd, worker_pid)
+from ray_helpers import (RESTARTED, REPO, build_mnist, check_resumed_and_finished, held_checkpoint,
+                         loader_worker_pid, stop_tree, train_cmd, worker_pid)
 
-KIMG = 3.2  # 100 steps
-CKPT_KIMG = 0.64  # every 20 steps
-PER_EPOCH = 512 // (BATCH // 2)  # batches per rank per epoch: 32
 RESTART_WITHIN_S = 60  # from a rank's failure to the restarted group's "resuming from" line
-RESTARTED = "worker group restarted; resuming from"
 
 
 def _start(tmp_path, kimg: float, ckpt_kimg: float, *extra: str) -> tuple[subprocess.Popen, object]:
@@ -33,52 +27,6 @@ def _start(tmp_path, kimg: float, ckpt_kimg: float, *extra: str) -> tuple[subpro
         proc = subprocess.Popen(train_cmd(shards, tmp_path, kimg, ckpt_kimg, "--workers", "2", *extra),
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     return proc, log_path
-
-
-def _rank1_once_held(proc, log_path, run_dir, timeout: float = 300) -> tuple[int, str]:
-    """(rank 1's worker pid, the run's newest checkpoint), once there is one. Ray prints each
-    worker's pid and rank when it starts the group."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        rank1, held = worker_pid(log_path.read_text(), rank=1), held_checkpoint(run_dir)
-        if rank1 and held:
-            return rank1, held
-        time.sleep(0.1)
-    raise AssertionError("no checkpoint before the deadline:\n" + log_path.read_text()[-3000:])
-
-
-def _check_resumed_and_finished(tmp_path, out: str, kimg: float, killed_after: str) -> int:
-    """The run restarted from a checkpoint taken mid-run, not from zero, and ended where it was
-    configured to. Returns the number of steps."""
-    assert "terminate called" not in out
-    assert RESTARTED in out, out[-3000:]
-    resumed = [float(k) for k in re.findall(r"resumed from \S+ at kimg ([\d.]+)", out)]
-    assert resumed and all(0 < k < kimg for k in resumed), resumed
-    assert round(resumed[0] * 1000 / BATCH) >= int(killed_after[5:])
-    meta, _ = final_state(tmp_path / "mnist-dcgan")
-    steps = round(kimg * 1000 / BATCH)
-    assert meta["step"] == steps
-    return steps
-
-
-@pytest.mark.slow
-def test_killed_worker_resumes_from_last_checkpoint(tmp_path):
-    proc, log_path = _start(tmp_path, KIMG, CKPT_KIMG, "--strategy", "ddp")
-    try:
-        victim, held = _rank1_once_held(proc, log_path, tmp_path / "mnist-dcgan")
-        os.kill(victim, signal.SIGKILL)
-        rc = proc.wait(timeout=600)
-    finally:
-        stop_tree(proc)
-    out = log_path.read_text()
-    assert rc == 0, out[-3000:]
-    steps = _check_resumed_and_finished(tmp_path, out, KIMG, held)
-    # every rank went on from its saved stream position: after `steps` batches in all, each
-    # rank sits where an uninterrupted stream would; a restart from an epoch start would not
-    _, state = final_state(tmp_path / "mnist-dcgan")
-    want = (((steps - 1) // PER_EPOCH), (steps - 1) % PER_EPOCH + 1)
-    assert [(d["epoch"], d["batches"]) for d in state["data"]] == [want, want]
-    assert "data stream shape changed" not in out
 
 
 LOADER_KIMG = 1.92  # 60 steps: epoch 1 (steps 33-64) starts after the first checkpoints, then resume
@@ -126,4 +74,4 @@ def test_rank_failing_beside_a_collective_restarts_the_group(tmp_path, strategy)
     print(f"{strategy}: kill -> restart line {restart_s:.1f} s")
     assert rc == 0, out[-3000:]
     assert re.search(r"DataLoader worker \(pid\(?s?\)? ?\d+\)", out), out[-3000:]  # the failure we caused
-    _check_resumed_and_finished(tmp_path, out, LOADER_KIMG, held)
+    check_resumed_and_finished(tmp_path / "mnist-dcgan", out, LOADER_KIMG, held)

@@ -22,19 +22,6 @@ SMALL = ["train.batch=32", "train.log_every=8", "train.precision=fp32", "trackin
          "train.eval_kimg=1000", "eval.metrics=[]"]
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = S3Server(tmp_path_factory.mktemp("moto"))
-    saved = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)
-    try:
-        yield server
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-
-
 def gantry(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # Run from an empty folder: a relative path anywhere would land there and be seen.
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -121,11 +108,19 @@ def test_a_5xx_mid_run_follows_on_error(tmp_path, monkeypatch):
         server.server_close()
 
 
-@pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint", "unknown scheme"])
-def test_bad_storage_is_one_line_at_start_up(s3, tmp_path, case):
+@pytest.fixture(scope="module")
+def s3_checking_keys(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("moto-auth"), check_keys=True)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "wrong credentials", "unreachable endpoint", "unknown scheme"])
+def test_bad_storage_is_one_line_at_start_up(s3, s3_checking_keys, tmp_path, case):
     work = tmp_path / "work"
     work.mkdir()
     out, env_url = {"missing bucket": ("s3://no-such-bucket/runs", s3.url),
+                    "wrong credentials": ("s3://any/runs", s3_checking_keys.url),
                     "unreachable endpoint": ("s3://any/runs", f"http://127.0.0.1:{free_port()}"),
                     "unknown scheme": ("ftp://host/runs", s3.url)}[case]
     os.environ["AWS_ENDPOINT_URL"] = env_url
@@ -137,6 +132,8 @@ def test_bad_storage_is_one_line_at_start_up(s3, tmp_path, case):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == (2 if case == "unknown scheme" else 1), r.stderr
     assert len(lines) == 1 and out in lines[0], r.stderr
+    if case == "wrong credentials":
+        assert "PermissionError" in lines[0] and "Access Key" in lines[0], lines[0]
     assert s3.env["AWS_SECRET_ACCESS_KEY"] not in r.stderr + r.stdout
     assert _local_files(work) == []
 

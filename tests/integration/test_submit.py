@@ -15,11 +15,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 from mlflow import MlflowClient
 
-from conftest import free_port
+from ray_helpers import RayNode, in_cmdline, in_environ, survivors
+from servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GANTRY = [sys.executable, "-m", "launch.cli"]
@@ -40,45 +40,6 @@ def jobs_api(address: str, path: str):
         return json.load(r)
 
 
-def matching(pred) -> list[psutil.Process]:
-    """Live processes (zombies are dead) other than this one for which `pred(process)` holds;
-    processes that vanish or cannot be read while we look are skipped."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and p.status() != psutil.STATUS_ZOMBIE and pred(p):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
-
-
-def in_cmdline(marker: str):
-    return lambda p: any(marker in word for word in p.cmdline())
-
-
-def in_environ(name: str, value: str):
-    return lambda p: p.environ().get(name) == value
-
-
-def survivors(pred, within: float) -> list[str]:
-    """Wait up to `within` seconds for every process `pred` selects to end. Whatever is still
-    there is SIGKILLed (a test never leaves it behind) and described: pid, ppid, %cpu, command."""
-    deadline = time.monotonic() + within
-    while (left := matching(pred)) and time.monotonic() < deadline:
-        time.sleep(0.25)
-    described = []
-    for p in left:
-        try:
-            described.append(f"pid {p.pid} ppid {p.ppid()} {p.status()} cpu {p.cpu_percent(0.2):.0f}% "
-                             f"{' '.join(p.cmdline())[:300]}")
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(left, timeout=5)
-    return described
-
-
 @pytest.fixture(scope="module")
 def ray_head():
     """`ray start --head --block` in its own process group (so it is stopped by PID, never by
@@ -93,27 +54,16 @@ def ray_head():
     saved = {k: os.environ.get(k) for k in auth}
     os.environ.update(auth)
     dashboard = free_port()
-    # Ray's socket paths must stay under 108 bytes: a short temp dir, not pytest's.
-    temp = tempfile.mkdtemp(prefix="gray", dir="/tmp")
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-           f"--port={free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-           "--include-dashboard=true", "--num-cpus=2", "--object-store-memory=300000000",
-           "--node-ip-address=127.0.0.1",
-           # Every port with a fixed default gets a free one: other Ray clusters share this machine.
-           *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                     "runtime-env-agent-port", "metrics-export-port",
-                                                     "ray-client-server-port")),
-           f"--temp-dir={temp}", "--disable-usage-stats"]
     # The job's `gantry` entrypoint is found on the PATH the head was started with.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", GANTRY_TEST_HEAD=marker)
-    log = open(Path(temp) / "head.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    temp = Path(tempfile.mkdtemp(prefix="gray", dir="/tmp"))
+    head = RayNode(temp, env, num_cpus=2, dashboard_port=dashboard)
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None, f"ray head exited {proc.returncode}; see {temp}/head.log"
-            assert time.monotonic() < deadline, f"Jobs API not up after 120 s; see {temp}/head.log"
+            assert head.proc.poll() is None, f"ray head exited {head.proc.returncode}; see {head.log}"
+            assert time.monotonic() < deadline, f"Jobs API not up after 120 s; see {head.log}"
             try:
                 jobs_api(address, "")
                 break
@@ -123,18 +73,7 @@ def ray_head():
     finally:
         # Ray's agents get an environment of their own (no marker): they are found as the
         # head's descendants, listed before it stops.
-        try:
-            tree = set(psutil.Process(proc.pid).children(recursive=True))
-        except psutil.NoSuchProcess:
-            tree = set()
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)  # a graceful drain may take 30 s; nothing here needs it
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        # Ray's workers (process groups of their own) exit within seconds once the raylet has
-        # gone; whatever of the head's is still there after that was leaked, and is killed here.
+        tree = head.stop()
         marked = in_environ("GANTRY_TEST_HEAD", marker)
         left = survivors(lambda p: p in tree or marked(p), within=20)
         shutil.rmtree(temp, ignore_errors=True)

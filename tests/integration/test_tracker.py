@@ -115,8 +115,14 @@ def test_outage_mid_run_loses_and_repeats_nothing(mlflow_server, tmp_path, caplo
     assert not (tmp_path / "spool").exists()
 
 
-def test_down_at_close_spools_and_sync_uploads(mlflow_server, tmp_path, capsys):
-    t = make_tracker(mlflow_server, tmp_path, "spooled", close_timeout=1.0, backlog=40)
+@pytest.mark.parametrize("where", ["disk", "s3"])
+def test_down_at_close_spools_and_sync_uploads(mlflow_server, tmp_path, capsys, request, where):
+    """The spool stays on this disk, or, for a run dir on an object store, is published there
+    (its node may be gone by the time anyone syncs) and synced from there."""
+    from pipeline import storage
+
+    spool_to = f"{request.getfixturevalue('s3').bucket('spool')}/run/mlflow-spool" if where == "s3" else None
+    t = make_tracker(mlflow_server, tmp_path, "spooled", close_timeout=1.0, backlog=40, spool_to=spool_to)
     for s in range(10):
         t.log_metrics({"loss": float(s)}, s)
     wait_for_steps(t.client, t.run_id, "loss", 10)
@@ -125,22 +131,31 @@ def test_down_at_close_spools_and_sync_uploads(mlflow_server, tmp_path, capsys):
         for s in range(10, 100):
             t.log_metrics({"loss": float(s)}, s)
         t.log_image(np.full((8, 8, 1), 200, np.uint8), "samples", step=99)
+        (tmp_path / "notes.txt").write_text("kept")
+        t.log_artifact(str(tmp_path / "notes.txt"), "extra")
         t.close(status="FAILED")
         spools = list((tmp_path / "spool").glob("*.jsonl"))
-        assert [p.name for p in spools] == [f"{t.run_id}.jsonl"]
+        if spool_to:
+            assert spools == [] and storage.list_names(spool_to) == [f"{t.run_id}.files", f"{t.run_id}.jsonl"]
+            spools = [storage.join(spool_to, f"{t.run_id}.jsonl")]
+        else:
+            assert [p.name for p in spools] == [f"{t.run_id}.jsonl"]
     finally:
         mlflow_server.start()
     # The backlog (40 records) held the newest points; the oldest were dropped, and counted.
     assert t.dropped > 0
 
-    assert gantry(["tracking", "sync", str(spools[0])]) == 0
+    assert gantry(["tracking", "sync", str(spool_to or spools[0])]) == 0
     assert "uploaded" in capsys.readouterr().out
     stored = steps_of(t.client, t.run_id, "loss")
     assert len(stored) == len(set(stored)) == 100 - t.dropped
     assert stored[:10] == list(range(10)) and stored[-1] == 99
     assert t.client.get_run(t.run_id).info.status == "FAILED"
     assert any("samples+step+99+" in f.path for f in t.client.list_artifacts(t.run_id, "images"))
-    assert not spools[0].exists()
+    assert [f.path for f in t.client.list_artifacts(t.run_id, "extra")] == ["extra/notes.txt"]
+    assert not storage.exists(str(spools[0]))
+    if spool_to:
+        assert storage.list_names(spool_to) == []
     assert gantry(["tracking", "sync", str(spools[0])]) == 1  # gone: a clear error, not a crash
 
 

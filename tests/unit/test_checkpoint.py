@@ -77,3 +77,31 @@ def test_kill_mid_write_leaves_previous_checkpoint_loadable(tmp_path):
     assert Path(newest).name == "ckpt-000000001"
     weights, state, meta = load_checkpoint(newest)
     assert weights["G"]["w"].numel() == 64 * 1024 * 1024 // 4 and state["step"] == meta["step"]
+
+
+def test_a_failed_upload_never_replaces_the_previous_checkpoint(s3, monkeypatch):
+    """An object store has no rename: a save that fails half-way (here, the server refusing
+    state.pt after the weights went up) leaves an uncommitted folder that nothing loads, and the
+    previous checkpoint stays the newest."""
+    from pipeline import storage
+
+    root = f"{s3.bucket('failed-upload')}/run/checkpoints"
+    save_checkpoint(root, 1, _weights(1.0), {"step": 1}, {"step": 1}, keep=2)
+    real_write = storage.write_bytes
+
+    def failing(url, data):
+        if url.endswith("state.pt"):
+            raise storage.StorageError(url, "cannot write", "ConnectionError: connection reset")
+        real_write(url, data)
+
+    monkeypatch.setattr(storage, "write_bytes", failing)
+    with pytest.raises(GantryError, match="ckpt-000000002/state.pt: cannot write"):
+        save_checkpoint(root, 2, _weights(2.0), {"step": 2}, {"step": 2}, keep=2)
+    monkeypatch.setattr(storage, "write_bytes", real_write)
+    assert "G.safetensors" in storage.list_names(f"{root}/ckpt-000000002")  # it did fail half-way
+    assert [storage.basename(p) for p in list_checkpoints(root)] == ["ckpt-000000001"]
+    weights, state, meta = load_checkpoint(resolve_checkpoint("latest", root))
+    assert state["step"] == meta["step"] == 1 and torch.equal(weights["G"]["w"], torch.full((4,), 1.0))
+    # the next successful save clears the dead one away
+    save_checkpoint(root, 3, _weights(3.0), {"step": 3}, {"step": 3}, keep=2)
+    assert storage.list_names(root) == ["ckpt-000000001", "ckpt-000000003"]

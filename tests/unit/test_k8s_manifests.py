@@ -12,6 +12,7 @@ import copy
 import functools
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,8 +22,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from launch.k8s_render import K8S_DIR, OVERLAYS, build_overlay, kubectl, overlay_rayjob, render_rayjob
-from pipeline.config import from_dict, load_config
+from launch.k8s_render import (K8S_DIR, OVERLAYS, build_overlay, check_locations, kubectl, overlay_rayjob,
+                                pod_specs, render_rayjob)
+from pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = Path(os.environ.get("GANTRY_KUBERAY_CRDS", REPO.parent / "shared/schemas/kuberay-v1.7.0"))
@@ -130,18 +132,6 @@ def embedded_rayjobs(objs) -> list[dict]:
     return out
 
 
-def pod_specs(node):
-    """Every pod spec anywhere in an object: Deployments, CronJobs and Ray templates alike."""
-    if isinstance(node, dict):
-        if isinstance(node.get("containers"), list):
-            yield node
-        for v in node.values():
-            yield from pod_specs(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from pod_specs(v)
-
-
 # ---- the manifests ------------------------------------------------------------------------
 
 def test_overlay_list_matches_directories():
@@ -246,14 +236,26 @@ def test_gpu_overlay_gives_each_worker_one_gpu_and_cpu_dev_none():
             assert c["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
 
 
-def test_entrypoints_name_configs_that_load():
-    objs = build("cpu-dev", "retrain-cronjob")
-    lines = [o["spec"]["entrypoint"] for o in [*objs, *embedded_rayjobs(objs)] if o["kind"] == "RayJob"]
-    assert len(lines) == 2
+def entrypoints(objs) -> list[str]:
+    """The command line of every Ray job the objects define, embedded ones included."""
+    out = [o["spec"]["entrypoint"] for o in [*objs, *embedded_rayjobs(objs)] if o["kind"] == "RayJob"]
+    return out + [o["spec"]["jobTemplate"]["entrypoint"] for o in objs if o["kind"] == "RayCronJob"]
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_entrypoints_name_configs_that_load_and_share_nothing_local(component):
+    lines = entrypoints(build("cpu-dev", component))
+    assert len(lines) == 2  # the train template and the retrain job
     for line in lines:
         assert line.startswith("exec gantry ")  # the job's PID is gantry: a stop signals it
-        config = line.split()[3]  # exec gantry train|retrain CONFIG ...
-        load_config(REPO / config)
+        # exec gantry train|retrain CONFIG [key=value ...] [--option value ...]
+        words = shlex.split(line)
+        options = next((i for i, w in enumerate(words) if w.startswith("--")), len(words))
+        config, overrides = words[3], words[4:options]
+        if words[2] == "train":  # the head pod trains nothing: even one worker goes to a worker pod
+            assert words[options:][-2:] == ["--launcher", "ray"], line
+        # The same rule as `gantry k8s render`: these pods share no disk either.
+        check_locations(load_config(REPO / config, overrides))
 
 
 # ---- the validators catch what they should ------------------------------------------------
@@ -304,9 +306,73 @@ def test_crd_validator_keeps_open_maps_open():
 
 # ---- `gantry k8s render` output -----------------------------------------------------------
 
+OVERRIDES = ["data.path=s3://bucket/mnist-32", "train.out_dir=s3://bucket/runs", "train.batch=64"]
+
+
+@functools.cache
+def _rendered(overlay: str) -> dict:
+    cfg = load_config(REPO / "configs/mnist-dcgan.yaml", [*OVERRIDES, "workers=4"])
+    return render_rayjob(cfg, "configs/mnist-dcgan.yaml", overlay_rayjob(overlay), image="reg.example/gantry:abc",
+                         overrides=OVERRIDES)
+
+
+def rendered(overlay: str) -> dict:
+    """`gantry k8s render configs/mnist-dcgan.yaml OVERRIDES workers=4 --overlay OVERLAY`."""
+    return copy.deepcopy(_rendered(overlay))
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rendered_rayjob_validates(overlay):
-    cfg = from_dict({"name": "mnist", "workers": 4, "train": {"batch": 64}})
-    job = render_rayjob(cfg, "configs/mnist.yaml", overlay_rayjob(overlay), image="reg.example/gantry:abc")
+    job = rendered(overlay)
     validate(job)
-    assert list(pod_specs(job))
+    assert len(list(pod_specs(job))) == 3
+    words = shlex.split(job["spec"]["entrypoint"])
+    assert words == ["exec", "gantry", "train", "configs/mnist-dcgan.yaml", *OVERRIDES, "--workers", "4",
+                     "--launcher", "ray"]
+
+
+def ray_containers(objs) -> list[tuple[str, dict]]:
+    """(where, container) for every Ray head and worker container: RayClusters and RayJobs."""
+    clusters = [(o["metadata"]["name"], o["spec"]) for o in objs if o["kind"] == "RayCluster"]
+    clusters += [(o["metadata"]["name"], o["spec"]["rayClusterSpec"]) for o in objs if o["kind"] == "RayJob"]
+    out = []
+    for name, c in clusters:
+        for group in [c["headGroupSpec"], *c.get("workerGroupSpecs", [])]:
+            out += [(f"{name}/{ct['name']}", ct) for ct in group["template"]["spec"]["containers"]]
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendered_rayjob_pods_mount_only_empty_dirs(overlay):
+    # No shared disk exists: data and checkpoints go to the object store, so a volume of any other
+    # kind (PVC, hostPath, NFS) would be a run that depends on one node's disk.
+    for pod in pod_specs(rendered(overlay)):
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for v in volumes.values():
+            assert set(v) == {"name", "emptyDir"}, f"{overlay}: volume {v}"
+        for c in pod["containers"]:
+            mounts = {m["name"] for m in c.get("volumeMounts", [])}
+            assert mounts <= set(volumes), f"{overlay}: {c['name']} mounts {mounts - set(volumes)}"
+
+
+@pytest.mark.parametrize("overlay,component", BUILDS, ids=BUILD_IDS)
+def test_ray_pods_get_object_store_credentials_by_reference(overlay, component):
+    objs = build(overlay, component)
+    config_maps = {o["metadata"]["name"]: o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"}
+    containers = ray_containers([*objs, rendered(overlay)])
+    assert len(containers) == 6  # head and worker of the RayCluster, the template and a rendered job
+    for where, c in containers:
+        env = {e["name"]: e for e in c.get("env", [])}
+        for name, key in (("AWS_ACCESS_KEY_ID", "access-key-id"), ("AWS_SECRET_ACCESS_KEY", "secret-access-key")):
+            assert env.get(name, {}).get("valueFrom") == {"secretKeyRef": {"name": "gantry-s3", "key": key}}, \
+                f"{where}: {name}"
+        ref = env["AWS_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]
+        assert config_maps[ref["name"]].get(ref["key"], "").startswith(("http://", "https://")), f"{where}: {ref}"
+    # No AWS_* variable anywhere carries a literal value: keys by Secret, the endpoint by ConfigMap.
+    for pod in (p for o in [*objs, rendered(overlay)] for p in pod_specs(o)):
+        for c in pod["containers"]:
+            for e in c.get("env", []):
+                if e["name"].startswith("AWS_"):
+                    assert "value" not in e, f"{c['name']}: {e['name']} has a literal value"
+                    if e["name"] != "AWS_ENDPOINT_URL":
+                        assert "secretKeyRef" in e["valueFrom"], f"{c['name']}: {e['name']}"
