@@ -11,6 +11,7 @@ from pipeline.config import DataConfig
 from pipeline.data import ShardStream
 from pipeline.errors import GantryError
 from pipeline.shards import load_manifest
+from pipeline.shards.plan import plan_shards
 from shard_helpers import build_indexed, first_key, indices, refresh_hash, rewrite_member
 
 N = 240   # 12 shards of 20
@@ -61,6 +62,23 @@ def test_order_is_seeded_and_reshuffled_each_epoch(shards):
     assert (a0, a1) == two_epochs(1)
     assert a0 != a1 and sorted(a0) == sorted(a1) == list(range(N))
     assert two_epochs(2)[0] != a0
+
+
+def test_each_rank_streams_its_share_of_every_epochs_plan(shards):
+    """Each rank computes its share of each epoch's plan itself (a pure function of manifest,
+    epoch, seed and world size), so every launcher (local, torchrun, Ray on any node) streams the
+    same shards in the same epochs; a rank does not keep epoch 0's shards for the whole run."""
+    manifest = load_manifest(shards)
+
+    def samples_of(url):
+        return set(seen([next(ShardStream(shards, shards=[url], batch=20, loader_workers=0, shuffle_buffer=0))]))
+
+    for rank in range(2):
+        s = ShardStream(shards, rank=rank, world_size=2, seed=5, batch=16, loader_workers=2, shuffle_buffer=50)
+        got = [set(seen(e)) for e in epochs(s, 3)]
+        want = [set().union(*map(samples_of, plan_shards(manifest, e, 5, 2)[rank])) for e in range(3)]
+        assert got == want
+        assert len({frozenset(g) for g in got}) > 1  # the share changes from epoch to epoch
 
 
 def test_resampled_ranks_yield_exactly_the_configured_batches(shards):
