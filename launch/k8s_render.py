@@ -49,15 +49,13 @@ def check_locations(cfg: RunConfig, resume: str | None = None) -> None:
     gone with the pod. No flag lets one through: the job always has a head pod and worker pods,
     and `gantry train --launcher ray` refuses local paths on a cluster of two or more nodes
     (launch/ray_train.py), so such a job could only fail after its pods had started."""
-    for key, value in (
-        ("train.out_dir", cfg.train.out_dir),
-        ("data.path", None if cfg.is_toy else cfg.data.path),  # toy data is generated in memory
-        ("eval.cache_dir", cfg.eval.cache_dir),
-        ("--resume", None if resume == "latest" else resume),
-    ):
-        if value and storage.is_local(value):
-            raise ConfigError(f"{key} {value} is a local path, but the RayJob's pods share no disk; "
-                              f"use an object-store URL (s3://BUCKET/..., gs://BUCKET/...)")
+    local = cfg.local_locations()
+    if resume not in (None, "latest") and storage.is_local(resume):
+        local.append(("--resume", resume))
+    if local:
+        key, value = local[0]
+        raise ConfigError(f"{key} {value} is a local path, but the RayJob's pods share no disk; "
+                          f"use an object-store URL (s3://BUCKET/..., gs://BUCKET/...)")
 
 
 def _no_credentials(overrides: Sequence[str]) -> None:

@@ -76,17 +76,14 @@ def _refuse_local_paths_on_a_cluster(cfg: RunConfig) -> None:
     """A config error (exit 2), found once the cluster's size is known, before any work."""
     import ray
 
-    from pipeline import storage
     from pipeline.config import ConfigError
 
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    if nodes < 2:
-        return
-    for key, location in (("train.out_dir", cfg.train.out_dir), ("data.path", None if cfg.is_toy else cfg.data.path),
-                          ("eval.cache_dir", cfg.eval.cache_dir)):
-        if location and storage.is_local(location):
-            raise ConfigError(f"{key} {location} is on this machine's disk, which the other {nodes - 1} nodes of the "
-                              f"Ray cluster cannot read; use an object store (s3://…, gs://…)")
+    local = cfg.local_locations()
+    if nodes >= 2 and local:
+        key, location = local[0]
+        raise ConfigError(f"{key} {location} is on this machine's disk, which the other {nodes - 1} nodes of the "
+                          f"Ray cluster cannot read; use an object store (s3://…, gs://…)")
 
 
 def _ray_storage(run_dir: str):

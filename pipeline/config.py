@@ -219,6 +219,14 @@ class RunConfig(Section):
     def is_toy(self) -> bool:
         return self.data.source != "shards"
 
+    def local_locations(self) -> list[tuple[str, str]]:
+        """(key, location) of every place the run reads or writes that is on this machine's
+        disk: what a node of a cluster without a shared disk cannot use (toy data is generated
+        in memory, so it has no location)."""
+        where = [("train.out_dir", self.train.out_dir), ("data.path", None if self.is_toy else self.data.path),
+                 ("eval.cache_dir", self.eval.cache_dir)]
+        return [(key, value) for key, value in where if value and storage.is_local(value)]
+
     def rank_batch(self, world_size: int) -> int:
         """Each rank's share of the global batch, for the process group's actual size (which
         worker.make_strategy checks divides train.batch)."""

@@ -39,7 +39,7 @@ class Trainer:
                  run_dir: str, channels: int, on_checkpoint: Callable[[str | None, dict], None] | None = None):
         """`cfg` gives the schedule (train.*) and base learning rates; `on_checkpoint(path, info)`
         runs on every rank after each save (path on rank 0, None elsewhere): launchers use it to
-        report checkpoints, e.g. to Ray Train."""
+        report progress, e.g. the Ray launcher's metrics to Ray Train."""
         self.cfg, self.strategy, self.G_ema, self.phases = cfg, strategy, G_ema, phases
         self.stream, self.precision, self.augment, self.tracker = stream, precision, augment, tracker
         self.evaluator, self.health, self.run_dir, self.channels = evaluator, health, run_dir, channels
