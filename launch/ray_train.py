@@ -35,18 +35,31 @@ def _worker_loop(config: dict) -> None:
     import ray.train
     import torch
 
+    from pipeline import console
     from pipeline.config import from_dict
     from pipeline.worker import train_worker
 
-    # Oversubscribed OpenMP threads make torch ~20x slower: share the node's cores.
-    torch.set_num_threads(config["threads"])
+    torch.set_num_threads(_threads_here())
     cfg = from_dict(config["cfg"], "<ray driver>")
     rank = ray.train.get_context().get_world_rank()
     resume = _saved_since(cfg, config["launched"]) or config["resume"]
     if resume != config["resume"] and rank == 0:
-        print(f"gantry: worker group restarted; resuming from {resume}", flush=True)
+        console.say(f"worker group restarted; resuming from {resume}")
     train_worker(cfg, resume=resume, on_checkpoint=lambda path, info: ray.train.report(info),
                  tracking_run_id=config["tracking_run_id"])
+
+
+def _threads_here() -> int:
+    """Torch's threads for this worker: its node's cores shared by the workers on that node.
+    Ray sets OMP_NUM_THREADS to the worker's CPU request (1), which would leave all but one
+    core idle; more threads than cores makes torch ~20x slower. The cores are as Ray counts
+    them (a container's CPU limit, not the host's), on this node, not the driver's."""
+    import ray
+    import ray.train
+
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node)
+    return max(1, int(cpus) // ray.train.get_context().get_local_world_size())
 
 
 def _saved_since(cfg: RunConfig, launched: float) -> str | None:
@@ -109,6 +122,23 @@ def _quiet_placement_group_cleaner() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
+# Ray Train's print patch sends every print of a worker through the root logger as well, so
+# each console line would reach the driver twice (stdout and stderr); gantry's lines are meant
+# to be printed once (see launch/console.py).
+RAY_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+# Why a Ray worker trains slower than the local launcher, measured on 2 cores: not its threads
+# (OMP_NUM_THREADS=1, which Ray sets, is overridden by `_threads_here`), nor its niceness (15;
+# 0 changed nothing), nor running in a thread: the same bare D/G loop is ~10 % slower inside a
+# worker, and a plain process slows by ~25 % while an idle embedded Ray with one Ray Train run
+# sits beside it. Ray's dozen processes (raylet, GCS, agents, Ray Train's controller and its
+# helper actors) each wake up on timers; every wake-up preempts one of the step's OpenMP
+# threads and the other spins at the barrier. An embedded Ray drops the wake-ups nothing
+# consumes: task events (flushed every second by every process, for a dashboard it does not
+# run) and the preemption watcher (a laptop is not a spot instance).
+EMBEDDED_SYSTEM_CONFIG = {"task_events_report_interval_ms": 0}
+EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
 def _connect(address: str | None, workers: int) -> bool:
     """Join or start Ray; True when this call started it (and so must shut it down)."""
     import ray
@@ -116,6 +146,8 @@ def _connect(address: str | None, workers: int) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+    for k, v in RAY_TRAIN_ENV.items() if address else {**RAY_TRAIN_ENV, **EMBEDDED_TRAIN_ENV}.items():
+        os.environ.setdefault(k, v)  # read by Ray Train's controller, which passes them to workers
     # ray.init replaces the driver's SIGTERM handler with sys.exit(15); gantry's own (see
     # launch/cli.py) stops training the way Ctrl-C does and exits 143, so it is put back.
     sigterm = signal.getsignal(signal.SIGTERM)
@@ -123,7 +155,7 @@ def _connect(address: str | None, workers: int) -> bool:
         ray.init(address=address)
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False,
-                 object_store_memory=512 * 2**20,
+                 object_store_memory=512 * 2**20, _system_config=EMBEDDED_SYSTEM_CONFIG,
                  runtime_env={"worker_process_setup_hook": _quiet_placement_group_cleaner})
     if sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
@@ -162,7 +194,7 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "resume": resume, "tracking_run_id": tracking_run_id,
-                           "launched": launched, "threads": max(1, (os.cpu_count() or 1) // cfg.workers)},
+                           "launched": launched},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo", timeout_s=COLLECTIVE_TIMEOUT_S),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu, resources_per_worker={"CPU": 1},
                                      placement_strategy=placement),

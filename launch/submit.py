@@ -52,7 +52,7 @@ def connect(address: str | None):
     return client
 
 
-def entrypoint(config: str, overrides: list[str], workers: int | None) -> str:
+def entrypoint(config: str, overrides: list[str], workers: int | None, verbose: bool = False) -> str:
     """The job's shell command. `exec`, so that no shell sits between Ray and `gantry train`.
 
     Why: Ray (2.60, dashboard/modules/job/job_supervisor.py) runs the entrypoint with
@@ -67,7 +67,8 @@ def entrypoint(config: str, overrides: list[str], workers: int | None) -> str:
     (the core worker kills its children on exit: "Try killing all child processes of this
     worker as it exits"), so nothing ever ends it; the job reads STOPPED all the same. With
     `exec` the PID Ray started and signals is `gantry train` itself, at every moment."""
-    words = ["gantry", "train", config, *overrides] + (["--workers", str(workers)] if workers else [])
+    words = ["gantry", "train", config, *overrides] + (["--workers", str(workers)] if workers else []) \
+        + (["--verbose"] if verbose else [])
     return "exec " + " ".join(shlex.quote(w) for w in words)
 
 
@@ -90,9 +91,10 @@ def relative_config(config: str, working_dir: Path) -> str:
 
 
 def submit(client, config: str, overrides: list[str], workers: int | None, working_dir: Path,
-           env: dict[str, str]) -> str:
-    """Submit the training job; returns its id."""
-    command = entrypoint(relative_config(config, working_dir), overrides, workers)
+           env: dict[str, str], verbose: bool = False) -> str:
+    """Submit the training job; returns its id. The job's log is `gantry train`'s console (see
+    launch/console.py), all of it with `verbose`."""
+    command = entrypoint(relative_config(config, working_dir), overrides, workers, verbose)
     # The job supervisor actor gets the job's env_vars too: that is where it reads its grace.
     runtime_env = {"working_dir": str(working_dir),
                    "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), **env}}
@@ -120,11 +122,21 @@ def wait_ended(client, job_id: str, timeout: float) -> str | None:
     return status
 
 
-def follow(client, job_id: str) -> str:
-    """Stream the job's logs to stdout until it ends; returns its final status."""
+def follow(client, job_id: str, verbose: bool = False) -> str:
+    """Stream the job's log to stdout until it ends; returns its final status. The log is the
+    console of the job's `gantry train` plus lines of Ray's job manager ("Runtime env is setting
+    up"): only gantry's lines are shown (launch/console.py), all of it with `verbose`."""
+    from launch.console import console_line
+
     async def tail() -> None:
+        partial = ""
         async for chunk in client.tail_job_logs(job_id):
-            sys.stdout.write(chunk)
+            if verbose:
+                sys.stdout.write(chunk)
+            else:
+                *lines, partial = (partial + chunk).split("\n")
+                shown = (console_line(line) for line in lines)
+                sys.stdout.writelines(line + "\n" for line in shown if line is not None)
             sys.stdout.flush()
 
     asyncio.run(tail())

@@ -24,6 +24,14 @@ def quality_score(metrics: dict[str, float]) -> float | None:
     return None
 
 
+def headline(metrics: dict[str, float]) -> tuple[str, float] | None:
+    """The metric a person watches: FID for images, modes covered for toy data."""
+    for name in ("fid", "modes_covered"):
+        if name in metrics:
+            return name, metrics[name]
+    return next(iter(metrics.items()), None)
+
+
 @torch.no_grad()
 def generate(G, n: int, z_dim: int, seed: int, batch: int = 1000, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """G's outputs for n fixed-seed latents. `part=(rank, world_size)`: only that rank's

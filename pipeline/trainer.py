@@ -18,19 +18,19 @@ import time
 from typing import Callable
 
 import torch
-from tqdm import tqdm
-
 from models.ema import ema_beta, update_ema
-from pipeline import checkpoint, storage
+from pipeline import checkpoint, console, storage
 from pipeline.config import RunConfig
 from pipeline.errors import GantryError
-from pipeline.evaluation import quality_score
+from pipeline.evaluation import headline, quality_score
 from pipeline.health import Decision, HealthMonitor
 from pipeline.phases import Batch, Phase
 from pipeline.precision import Precision
 from pipeline.step_stats import StepStats
 from pipeline.strategy import Strategy
 from pipeline.tracking import Tracker
+
+PROGRESS_EVERY_S = 2.0  # a progress line at most this often: each one crosses Ray's log relay
 
 
 class Trainer:
@@ -101,9 +101,8 @@ class Trainer:
 
     def train(self) -> dict[str, float]:
         t, total_nimg = self.cfg.train, int(self.cfg.train.kimg * 1000)
-        bar = tqdm(total=total_nimg, initial=self.nimg, unit="img", unit_scale=True,
-                   disable=self.strategy.rank != 0, dynamic_ncols=True, mininterval=1.0)
         window_t, window_nimg = time.perf_counter(), self.nimg
+        shown_t = -PROGRESS_EVERY_S
         while self.nimg < total_nimg:
             before = self.nimg
             self.train_step()
@@ -118,21 +117,28 @@ class Trainer:
                 window_t, window_nimg = now, self.nimg
                 if self.step >= self.tracker.start_step:  # a resumed run already logged up to there
                     self.tracker.log_metrics(metrics, self.step)
-                bar.set_postfix({"img/s": f"{metrics['img_per_s']:.0f}"}, refresh=False)
-                bar.update(min(self.nimg, total_nimg) - bar.n)
+                if self.strategy.rank == 0 and (done or now - shown_t >= PROGRESS_EVERY_S):
+                    shown_t = now
+                    self._show_progress(metrics["img_per_s"], total_nimg)
                 if self.health and self._respond(self.health.check_losses(
                         self.step, metrics.get("D_main/loss", 0.0), metrics.get("G_main/loss", 0.0),
                         metrics["skipped_share"], {k: v for k, v in metrics.items() if k.endswith("grad_norm")})):
-                    bar.reset(total_nimg)
-                    bar.update(self.nimg)
                     window_nimg = self.nimg
                     continue
             if self._crossed(t.eval_kimg, before) or done:
                 self.evaluate()
             if self._crossed(t.checkpoint_kimg, before) or done:
                 self.save()
-        bar.close()
         return self.last_eval
+
+    def _show_progress(self, img_per_s: float, total_nimg: int) -> None:
+        total = total_nimg / 1000
+        line = f"kimg {self.kimg:.2f}/{total:g} ({100 * self.nimg / total_nimg:.0f}%), {img_per_s:.0f} img/s"
+        if img_per_s > 0 and self.nimg < total_nimg:
+            line += f", ETA {console.duration((total_nimg - self.nimg) / img_per_s)}"
+        if headline(self.last_eval):
+            line += ", {} {:.4g}".format(*headline(self.last_eval))
+        console.progress(line)
 
     def evaluate(self) -> dict[str, float]:
         if self.health:
@@ -142,14 +148,14 @@ class Trainer:
                 self._respond(self.health.check_diversity(self.step, self.G_ema(z.to(self.device))))
         self.last_eval = self.evaluator(self.G_ema, self.step, self.tracker)
         if self.last_eval:
-            tqdm.write(f"kimg {self.kimg:.1f}: " + ", ".join(f"{k} {v:g}" for k, v in self.last_eval.items()))
+            console.say(f"eval at kimg {self.kimg:.2f}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.last_eval.items()))
         return self.last_eval
 
     def _respond(self, decision: Decision) -> bool:
         """Act on a health decision; True when the run was rolled back to a checkpoint."""
         if decision.ok:
             return False
-        tqdm.write(f"gantry: health {decision.action}: {decision.problem}: {decision.reason}")
+        console.say(f"health {decision.action}: {decision.problem}: {decision.reason}")
         self.tracker.log_metrics({f"health/{decision.problem}": 1.0}, self.step)
         self.tracker.set_tags({"health_last_event": f"{decision.action}: {decision.reason}"[:5000]})
         if decision.action == "warn":
@@ -162,7 +168,7 @@ class Trainer:
         self.load(last_good)
         self.set_lr_scale(lr_scale)
         self.stats.clear()
-        tqdm.write(f"gantry: rolled back to {storage.basename(last_good)}, learning rates x{lr_scale:g}")
+        console.say(f"rolled back to {storage.basename(last_good)}, learning rates x{lr_scale:g}")
         return True
 
     def set_lr_scale(self, scale: float) -> None:
@@ -193,6 +199,7 @@ class Trainer:
                     "eval": self.last_eval, "best_score": self.best_score, "time": time.time()}
             path = checkpoint.save_checkpoint(storage.join(self.run_dir, "checkpoints"), self.step, weights,
                                               state, meta, keep=self.cfg.train.keep_checkpoints)
+            console.say(f"saved {storage.basename(path)} at kimg {self.kimg:.2f}")
             self.tracker.log_artifact(path, "checkpoints/latest")
             if improved:
                 self.tracker.log_artifact(path, "checkpoints/best")

@@ -16,7 +16,7 @@ import tempfile
 import torch
 
 from models.augment import Augment
-from pipeline import checkpoint, storage
+from pipeline import checkpoint, console, storage
 from pipeline.config import OptimConfig, RunConfig, to_yaml
 from pipeline.errors import GantryError
 from pipeline.evaluation import ImageEvaluator, MixtureEvaluator, no_evaluation
@@ -171,6 +171,7 @@ def train_worker(cfg: RunConfig, resume: str | None = None, on_checkpoint=None,
     `on_checkpoint(path, info)` runs on every rank after each save (see Trainer.save).
     `tracking_run_id`: log into this existing MLflow run (its params and tags are logged
     here) instead of the resumed checkpoint's run or a new one."""
+    console.show_warnings()
     if cfg.is_toy:
         # The toy MLP's matmuls are too small to split: one thread is faster (measured ~2x on
         # two cores) and does not collapse when another process competes for the cores.
@@ -203,9 +204,11 @@ def train_worker(cfg: RunConfig, resume: str | None = None, on_checkpoint=None,
         if strategy.rank == 0:
             storage.write_bytes(storage.join(run_dir, "config.yaml"), to_yaml(cfg).encode())
             tracker.log_artifact(storage.join(run_dir, "config.yaml"))
-            print(f"gantry: {cfg.name}: precision {precision.name}, channels_last {precision.channels_last}, "
-                  f"device {strategy.device}, workers {strategy.world_size}"
-                  + (f", resumed from {ckpt} at kimg {trainer.kimg:.2f}" if ckpt else ""), flush=True)
+            tracking = f"MLflow {tracker.uri} run {tracker.run_id}" if tracker.run_id else "tracking off"
+            console.say(f"{cfg.name}: {precision.name}{' channels_last' if precision.channels_last else ''}, "
+                        f"{strategy.world_size} worker{'s' if strategy.world_size > 1 else ''} ({cfg.strategy.kind}) "
+                        f"on {strategy.device}; run dir {run_dir}; {tracking}"
+                        + (f"; resumed from {ckpt} at kimg {trainer.kimg:.2f}" if ckpt else ""))
         return trainer.train()
 
 

@@ -1,8 +1,10 @@
 """`gantry train CONFIG [key=value ...] [--resume latest|PATH] [--workers N] [--strategy S]
-[--launcher local|ray] [--address ADDR]`.
+[--launcher local|ray] [--address ADDR] [--verbose]`.
 
 Launcher: `ray` (Ray Train workers; the default when workers > 1) or `local` (this process,
 one worker, no Ray; the default when workers == 1).
+The console shows gantry's own lines only (see launch/console.py); everything else the run's
+processes print goes to `<run dir>/logs/train-<time>.log`. `--verbose` prints it all instead.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ def register(sub) -> None:
                    help="Ray: how workers are placed on nodes (default PACK; STRICT_SPREAD: one per node)")
     p.add_argument("--max-failures", type=int, default=3, metavar="N",
                    help="Ray: restart the worker group from its last checkpoint up to N times")
+    p.add_argument("--verbose", action="store_true",
+                   help="print everything Ray, MLflow and DeepSpeed print, not only gantry's lines")
     p.set_defaults(func=run)
 
 
@@ -36,11 +40,19 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    from launch.console import Console, summary
     from launch.launcher import launch
+    from pipeline.errors import GantryError
 
     cfg = config_from_args(args)
-    result = launch(cfg, resume=args.resume, launcher=args.launcher, address=args.address,
-                    max_failures=args.max_failures, placement=args.placement)
-    if result:
-        print("gantry: final " + ", ".join(f"{k} {v:g}" for k, v in result.items()))
+    console = Console.for_run(cfg, "train", verbose=args.verbose)
+    try:
+        with console:
+            launch(cfg, resume=args.resume, launcher=args.launcher, address=args.address,
+                   max_failures=args.max_failures, placement=args.placement)
+    except GantryError as e:  # a failure while working: its one line says where the rest is
+        if not console.location:
+            raise
+        raise GantryError(f"{e} (full log: {console.location})") from None
+    print(summary(cfg, console), flush=True)
     return 0

@@ -14,6 +14,7 @@ class Tracker:
     """The no-op tracker, and the interface every tracker implements."""
 
     run_id: str | None = None
+    uri: str | None = None  # where the runs are, for the person at the console
     start_step: int = 0  # first step not yet logged (a resumed run continues after it)
 
     def log_params(self, params: Mapping[str, object]) -> None: ...

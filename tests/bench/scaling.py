@@ -61,6 +61,7 @@ def main() -> None:
         "config": "configs/mnist-dcgan.yaml", "kimg": args.kimg, "precision": args.precision, "runs": runs,
         "speedup_2_workers": round(ray2["img_per_s"] / ray1["img_per_s"], 2),
         "ray_launcher_overhead_s": round(ray1["wall_s"] - local1["wall_s"], 1),
+        "ray_over_local_1_worker": round(ray1["img_per_s"] / local1["img_per_s"], 3),
         "ray_step_time_ratio": round(ray1["step_ms"] / local1["step_ms"], 2),
     }))
 

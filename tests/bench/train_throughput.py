@@ -7,14 +7,16 @@ One run of this script measures, on MNIST shards at 64x64 (built in a temp dir):
             trainer -> MLflow tracking to a SQLite store, 1 worker), timed by the img/s the trainer
             logs for each window of `--window` steps, read back from MLflow;
 each in fp32 NCHW and in bf16 + channels_last (the pipeline with its defaults, which choose the
-precision from the CPU: the chosen one is read from the run's tags), then Ray x1 vs Ray x2 (ddp,
-same per-worker batch). Every figure is the median of `--windows` windows after 2 warm-up ones.
-Prints one JSON object with the ratios.
+precision from the CPU: the chosen one is read from the run's tags), then the same default run
+under Ray x1 (`ray_over_local_1_worker`: what the Ray launcher costs per step) and Ray x2 (ddp,
+same per-worker batch; `--no-scaling` skips it). Every figure is the median of `--windows`
+windows after 2 warm-up ones. Prints one JSON object with the ratios.
 With --compile, also the bf16 bare loop with `torch.compile`d G and D (R1's double backward
 does not compile, so the trainer does not offer it; this measures what it would buy).
 --no-bf16 drops the bf16 bare loop: on a CPU without native bf16 (no AVX512-BF16/AMX) it times
 emulation, many times slower than fp32, and `auto` picks fp32 for the pipeline anyway.
-Usage: python tests/bench/train_throughput.py [--windows 5] [--window 10] [--width 64] [--no-ray] [--no-bf16] [--compile]
+Usage: python tests/bench/train_throughput.py [--windows 5] [--window 10] [--width 64] [--no-ray] [--no-scaling]
+       [--no-bf16] [--compile]
 """
 from __future__ import annotations
 
@@ -83,22 +85,27 @@ def bare(shards: Path, width: int, batch: int, precision: str, windows: int, win
     return rates[WARMUP:]
 
 
-def pipeline(shards: Path, tmp: Path, tag: str, width: int, batch: int, windows: int, window: int,
-             extra: list[str], cli: list[str]) -> tuple[list[float], dict]:
-    """Rates of windows 3.. of a `gantry train` run, and the run's tags."""
+def gantry_train(args: list[str], uri: str, experiment: str, tag: str):
+    """`gantry train ARGS`, tracked as run `tag` of `experiment` at `uri`: (MlflowClient, run)."""
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    kimg = (WARMUP + windows) * window * batch / 1000
-    cmd = [sys.executable, "-m", "launch.cli", "train", str(CONFIG), *overrides(shards, width, batch),
-           f"name={tag}", f"train.out_dir={tmp / 'runs'}", f"train.kimg={kimg}", f"train.log_every={window}",
-           f"tracking.uri={uri}", "tracking.experiment=throughput", f"tracking.run_name={tag}", *extra, *cli]
+    cmd = [sys.executable, "-m", "launch.cli", "train", *args, f"tracking.uri={uri}",
+           f"tracking.experiment={experiment}", f"tracking.run_name={tag}"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     if r.returncode:
         sys.exit(f"{tag} failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
     client = MlflowClient(uri)
-    run = client.search_runs([client.get_experiment_by_name("throughput").experiment_id],
-                             f"attributes.run_name = '{tag}'")[0]
+    return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                                      f"attributes.run_name = '{tag}'")[0]
+
+
+def pipeline(shards: Path, tmp: Path, tag: str, width: int, batch: int, windows: int, window: int,
+             extra: list[str], cli: list[str]) -> tuple[list[float], dict]:
+    """Rates of windows 3.. of a `gantry train` run, and the run's tags."""
+    kimg = (WARMUP + windows) * window * batch / 1000
+    client, run = gantry_train([str(CONFIG), *overrides(shards, width, batch), f"name={tag}",
+                                f"train.out_dir={tmp / 'runs'}", f"train.kimg={kimg}", f"train.log_every={window}",
+                                *extra, *cli], f"sqlite:///{tmp / 'mlflow.db'}", "throughput", tag)
     history = sorted(client.get_metric_history(run.info.run_id, "img_per_s"), key=lambda m: m.step)
     # The last window may be short (the run stops at kimg); windows 1-2 are warm-up.
     return [m.value for m in history[WARMUP:WARMUP + windows]], run.data.tags
@@ -111,6 +118,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=64, help="DCGAN channel width (64: the DCGAN paper's)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray x1 / x2 comparison")
+    ap.add_argument("--no-scaling", action="store_true", help="skip Ray x2")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 bare loop (for CPUs without native bf16)")
     ap.add_argument("--compile", action="store_true", help="also the bf16 bare loop with torch.compile'd G and D")
     args = ap.parse_args()
@@ -133,8 +141,9 @@ def main() -> None:
         out["default_precision"] = {"precision": tags.get("precision"), "channels_last": tags.get("channels_last")}
         if not args.no_ray:
             runs["ray_1_worker"], _ = pipeline(shards, tmp, "ray1", w, b, n, k, [], ["--launcher", "ray"])
-            runs["ray_2_workers"], _ = pipeline(shards, tmp, "ray2", w, 2 * b, n, k, [],
-                                                ["--workers", "2", "--strategy", "ddp"])
+            if not args.no_scaling:
+                runs["ray_2_workers"], _ = pipeline(shards, tmp, "ray2", w, 2 * b, n, k, [],
+                                                    ["--workers", "2", "--strategy", "ddp"])
     out["img_per_s"] = {name: round(med(r), 1) for name, r in runs.items()}
     out["windows_img_per_s"] = {name: [round(x, 1) for x in r] for name, r in runs.items()}
     ips = out["img_per_s"]
@@ -148,6 +157,8 @@ def main() -> None:
     if args.compile:
         out["ratios"]["compiled_over_eager_bf16_bare"] = round(ips["bare_bf16_compiled"] / ips["bare_bf16"], 3)
     if not args.no_ray:
+        out["ratios"]["ray_over_local_1_worker"] = round(ips["ray_1_worker"] / ips["pipeline_default"], 3)
+    if not args.no_ray and not args.no_scaling:
         out["ratios"]["ray_2_over_1_workers"] = round(ips["ray_2_workers"] / ips["ray_1_worker"], 3)
     print(json.dumps(out))
 

@@ -18,7 +18,7 @@ def trained(tmp_path_factory):
     # training randomness, so the trajectory is the benchmark's.
     r = gantry("train", "configs/toy-ring.yaml", f"train.out_dir={out}", "train.eval_kimg=192")
     assert r.returncode == 0, r.stderr[-3000:]
-    evals = [line for line in r.stdout.splitlines() if line.startswith("kimg ")]
+    evals = [line for line in r.stdout.splitlines() if line.startswith("gantry: eval at kimg ")]
     return out / "toy-ring" / "checkpoints", evals
 
 

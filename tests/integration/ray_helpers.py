@@ -34,11 +34,12 @@ def build_mnist(out) -> str:
     return out
 
 
-def train_cmd(shards, out_dir, kimg: float, checkpoint_kimg: float, *extra: str) -> list[str]:
+def train_cmd(shards, out_dir, kimg: float, checkpoint_kimg: float, *extra: str, verbose: bool = True) -> list[str]:
+    """`verbose`: all of Ray's and gloo's output on the console, where tests look for aborts."""
     return [sys.executable, "-m", "launch.cli", "train", str(REPO / "configs" / "mnist-dcgan.yaml"),
             f"data.path={shards}", f"train.out_dir={out_dir}", f"train.kimg={kimg}", f"train.batch={BATCH}",
             f"train.checkpoint_kimg={checkpoint_kimg}", "train.eval_kimg=1000", "train.log_every=8",
-            "train.precision=fp32", "tracking.enabled=false", *extra]
+            "train.precision=fp32", "tracking.enabled=false", *extra] + (["--verbose"] if verbose else [])
 
 
 def final_state(run_dir) -> tuple[dict, dict]:

@@ -53,6 +53,11 @@ def test_shards_runs_and_checkpoints_on_s3(s3, tmp_path):
         ["ckpt-000000008", "ckpt-000000016"]
     assert storage.list_names(f"{run}/samples") == ["grid-000000016.png"]
     assert storage.exists(f"{run}/config.yaml")
+    # the driver's log went up with the run, and the console says where
+    logs = storage.list_names(f"{run}/logs")
+    assert len(logs) == 1 and logs[0].startswith("train-"), logs
+    assert f"log {run}/logs/{logs[0]}" in r.stdout.splitlines()[-1]
+    assert "gantry: saved ckpt-000000016" in storage.read_bytes(f"{run}/logs/{logs[0]}").decode()
 
     r = gantry("train", *common, "train.kimg=0.768", "--resume", "latest", cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -135,7 +135,7 @@ def test_two_nodes_train_from_and_into_the_bucket(cluster, bucket_shards):
     assert sorted(node for node, _, _ in placed.values()) == ["a", "b"]
     for node, cwd, tmp in placed.values():
         assert Path(cwd).is_relative_to(cluster.root / node) and tmp == str(cluster.root / node / "tmp"), (node, cwd, tmp)
-    assert re.search(r"gantry: final .*\bfid \d", out), out[-2000:]
+    assert re.search(r"gantry: finished .*\bfid \d", out), out[-2000:]
 
     run = f"{runs}/mnist-dcgan"
     steps = round(KIMG * 1000 / BATCH)
