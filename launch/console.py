@@ -27,14 +27,15 @@ from pipeline.console import PREFIX, PROGRESS, duration
 PLAIN_PROGRESS_EVERY_S = 30.0
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 RAY_PREFIX = re.compile(r"^\([^()]*pid=[^()]*\) ?")
-RAY_REPEATED = re.compile(r" \[repeated \d+x across cluster\]$")
-DRAIN_S = 1.0  # at exit, how long to wait for lines still in the pipes
+RAY_REPEATED = re.compile(r" \[repeated \d+x across cluster\]")  # Ray's dedup: shown already
+DRAIN_S = 1.0  # at exit, how long the pipes may stay quiet before the console stops reading
+CLOSE_WAIT_S = 5.0  # and how long it reads at most, should a leftover child keep writing
 
 
 def console_line(raw: str) -> str | None:
     """The console line inside one line of output, or None if it is not one."""
-    line = RAY_REPEATED.sub("", RAY_PREFIX.sub("", ANSI.sub("", raw)))
-    return line if line.startswith(PREFIX) else None
+    line = RAY_PREFIX.sub("", ANSI.sub("", raw))
+    return line if line.startswith(PREFIX) and not RAY_REPEATED.search(line) else None
 
 
 class Console:
@@ -45,7 +46,6 @@ class Console:
         self.started = time.monotonic()
         self.bar: str | None = None  # the latest progress line
         self.last_plain = 0.0
-        self.lock = threading.Lock()
 
     @classmethod
     def for_run(cls, cfg: RunConfig, command: str, verbose: bool = False) -> Console:
@@ -61,45 +61,55 @@ class Console:
         return time.monotonic() - self.started
 
     def __enter__(self) -> Console:
-        if self.verbose:
+        if self.verbose or not (_open(1) and _open(2) and sys.stdout and sys.stderr):
+            self.verbose = True  # nowhere to show lines (a closed stdout): print as before
             return self
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
-        self.log = open(self.log_path, "a", encoding="utf-8", errors="replace")
+        # Line-buffered: a driver that dies hard (SIGKILL, abort) keeps every line it got.
+        self.log = open(self.log_path, "a", buffering=1, encoding="utf-8", errors="replace")
         sys.stdout.flush(), sys.stderr.flush()
-        self.saved = {1: os.dup(1), 2: os.dup(2)}
+        self.line_buffering = sys.stdout.line_buffering
         self.sinks = {fd: os.fdopen(os.dup(fd), "w", encoding="utf-8", errors="replace") for fd in (1, 2)}
         self.tty = self.sinks[1].isatty()
-        self.pipes = {}
-        for fd in (1, 2):
-            r, w = os.pipe()
-            os.dup2(w, fd)
-            os.close(w)
-            self.pipes[r] = fd
-        self.line_buffering = sys.stdout.line_buffering
-        sys.stdout.reconfigure(line_buffering=True)  # a pipe now: no lines held back in Python
-        self.closing = threading.Event()
-        self.thread = threading.Thread(target=self._pump, name="gantry-console", daemon=True)
-        self.thread.start()
+        self.closing, self.closed_at = threading.Event(), None
+        self.saved, self.pipes = {}, {}
+        try:
+            for fd in (1, 2):
+                r, w = os.pipe()
+                self.pipes[r] = fd
+                self.saved[fd] = os.dup(fd)
+                os.dup2(w, fd)
+                os.close(w)
+            sys.stdout.reconfigure(line_buffering=True)  # a pipe now: no lines held back in Python
+            self.thread = threading.Thread(target=self._pump, name="gantry-console", daemon=True)
+            self.thread.start()
+        except BaseException:
+            self._restore()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
         if self.verbose:
             return
-        sys.stdout.flush(), sys.stderr.flush()
-        sys.stdout.reconfigure(line_buffering=self.line_buffering)
+        try:
+            self._restore()  # first: whatever happens from here on is printed, not lost
+            self.closing.set()
+            self.thread.join()
+        finally:  # even when a second Ctrl-C lands during the join
+            if self.bar and self.tty:
+                self._write(1, "\n")
+            for sink in self.sinks.values():
+                _quietly(sink.close)
+            _quietly(self.log.close)
+            self.location = self._publish()
+
+    def _restore(self) -> None:
+        _quietly(sys.stdout.flush), _quietly(sys.stderr.flush)
         for fd, saved in self.saved.items():
             os.dup2(saved, fd)
             os.close(saved)
-        # Our write ends are gone; a child still holding one (rare: Ray has shut down by now)
-        # must not keep us here.
-        self.closing.set()
-        self.thread.join()
-        if self.bar and self.tty:
-            self.sinks[1].write("\n")
-        for sink in self.sinks.values():
-            sink.close()
-        self.log.close()
-        self.location = self._publish()
+        self.saved = {}
+        sys.stdout.reconfigure(line_buffering=self.line_buffering)
 
     def _publish(self) -> str:
         """The log's final location: the run dir's copy, or this machine's file if that failed
@@ -119,15 +129,19 @@ class Console:
     # ---- the pump -----------------------------------------------------------------------
 
     def _pump(self) -> None:
+        """Never stops before the console closes, whatever fails: a dead pump would leave
+        every process of the run blocked on a full pipe."""
         partial = {r: b"" for r in self.pipes}
         quiet_since = None
         while self.pipes:
             ready, _, _ = select.select(list(self.pipes), [], [], 0.1)
+            if self.closing.is_set():
+                now = time.monotonic()
+                self.closed_at = self.closed_at or now
+                quiet_since = quiet_since or now
+                if now - quiet_since > DRAIN_S or now - self.closed_at > CLOSE_WAIT_S:
+                    break
             if not ready:
-                if self.closing.is_set():
-                    quiet_since = quiet_since or time.monotonic()
-                    if time.monotonic() - quiet_since > DRAIN_S:
-                        break
                 continue
             quiet_since = None
             for r in ready:
@@ -140,7 +154,6 @@ class Console:
                     self._close_pipe(r, partial.pop(r))
         for r in list(self.pipes):
             self._close_pipe(r, partial[r])
-        self.log.flush()
 
     def _close_pipe(self, r: int, rest: bytes) -> None:
         fd = self.pipes.pop(r)
@@ -150,22 +163,20 @@ class Console:
 
     def _line(self, raw: bytes, fd: int) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
-        self.log.write(f"{time.strftime('%H:%M:%S')} {text}\n")  # when the driver got it: Ray's relayed lines have no time
+        # when the driver got it: Ray's relayed lines carry no time
+        _quietly(self.log.write, f"{time.strftime('%H:%M:%S')} {text}\n")
         line = console_line(text)
         if line is None:
             return
-        with self.lock:
-            if line.startswith(PROGRESS):
-                self._progress(line[len(PREFIX):])
-            else:
-                self._show(line, self.sinks[fd])
+        if line.startswith(PROGRESS):
+            self._progress(line[len(PREFIX):])
+        else:
+            self._show(line, fd)
 
-    def _show(self, line: str, sink) -> None:
+    def _show(self, line: str, fd: int) -> None:
         if self.tty and self.bar:
-            self.sinks[1].write("\r\x1b[K")
-            self.sinks[1].flush()
-        sink.write(line + "\n")
-        sink.flush()
+            self._write(1, "\r\x1b[K")
+        self._write(fd, line + "\n")
         if self.tty and self.bar:
             self._draw()
 
@@ -177,26 +188,52 @@ class Console:
         now = time.monotonic()
         if now - self.last_plain >= PLAIN_PROGRESS_EVERY_S:
             self.last_plain = now
-            self.sinks[1].write(self.bar + "\n")
-            self.sinks[1].flush()
+            self._write(1, self.bar + "\n")
 
     def _draw(self) -> None:
         try:
             width = os.get_terminal_size(self.sinks[1].fileno()).columns or 100  # 0: size unknown
-        except OSError:
+        except (OSError, ValueError):
             width = 100
-        self.sinks[1].write("\r\x1b[K" + self.bar[:max(width - 1, 20)])  # a wrapped line cannot be redrawn
-        self.sinks[1].flush()
+        self._write(1, "\r\x1b[K" + self.bar[:max(width - 1, 20)])  # a wrapped line cannot be redrawn
+
+    def _write(self, fd: int, text: str) -> None:
+        """To the console; a console that went away (a closed pipe, `| head`) is dropped."""
+        sink = self.sinks[fd]
+        try:
+            sink.write(text)
+            sink.flush()
+        except (OSError, ValueError):
+            self.sinks[fd] = open(os.devnull, "w")
+
+
+def _open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except (OSError, ValueError):
+        pass
 
 
 def summary(cfg: RunConfig, console: Console) -> str:
     """The run's last line: how long, how far, its last evaluation, where its files are."""
     from pipeline import checkpoint, storage
+    from pipeline.errors import GantryError
     from pipeline.worker import run_dir_for
 
     run_dir = run_dir_for(cfg)
-    latest = checkpoint.latest_checkpoint(storage.join(run_dir, "checkpoints"))
-    meta = checkpoint.read_meta(latest) if latest else {}
+    try:
+        latest = checkpoint.latest_checkpoint(storage.join(run_dir, "checkpoints"))
+        meta = checkpoint.read_meta(latest) if latest else {}
+    except (GantryError, OSError):  # the run is done and saved; its last line leaves out what it cannot read
+        meta = {}
     line = f"{PREFIX}finished {cfg.name} in {duration(console.elapsed)}"
     if meta:
         line += f" at kimg {meta['kimg']:.2f}"

@@ -30,6 +30,7 @@ AGENT_WAIT_S = 60.0
 # How long Ray's job supervisor waits after its SIGTERM before it SIGKILLs the job (Ray's own
 # default is 3 s): time for `gantry train` to close its tracking run, flush and exit.
 STOP_GRACE_S = 30
+FAILED_TAIL_LINES = 20
 
 
 def connect(address: str | None):
@@ -128,6 +129,10 @@ def follow(client, job_id: str, verbose: bool = False) -> str:
     up"): only gantry's lines are shown (launch/console.py), all of it with `verbose`."""
     from launch.console import console_line
 
+    def show(lines: list[str]) -> None:
+        shown = (console_line(line) for line in lines)
+        sys.stdout.writelines(line + "\n" for line in shown if line is not None)
+
     async def tail() -> None:
         partial = ""
         async for chunk in client.tail_job_logs(job_id):
@@ -135,12 +140,15 @@ def follow(client, job_id: str, verbose: bool = False) -> str:
                 sys.stdout.write(chunk)
             else:
                 *lines, partial = (partial + chunk).split("\n")
-                shown = (console_line(line) for line in lines)
-                sys.stdout.writelines(line + "\n" for line in shown if line is not None)
+                show(lines)
             sys.stdout.flush()
+        show([partial])
 
     asyncio.run(tail())
     # The log stream closes when the job ends, but its status may lag by a moment.
     while (status := client.get_job_status(job_id).value) not in TERMINAL:
         time.sleep(0.5)
+    if status != "SUCCEEDED" and not verbose:  # why it failed may be no gantry line at all
+        tail_lines = client.get_job_logs(job_id).splitlines()[-FAILED_TAIL_LINES:]
+        sys.stdout.write(f"last {len(tail_lines)} lines of the job's log:\n" + "".join(f"  {ln}\n" for ln in tail_lines))
     return status

@@ -148,14 +148,14 @@ class Trainer:
                 self._respond(self.health.check_diversity(self.step, self.G_ema(z.to(self.device))))
         self.last_eval = self.evaluator(self.G_ema, self.step, self.tracker)
         if self.last_eval:
-            console.say(f"eval at kimg {self.kimg:.2f}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.last_eval.items()))
+            self._say(f"eval at kimg {self.kimg:.2f}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.last_eval.items()))
         return self.last_eval
 
     def _respond(self, decision: Decision) -> bool:
         """Act on a health decision; True when the run was rolled back to a checkpoint."""
         if decision.ok:
             return False
-        console.say(f"health {decision.action}: {decision.problem}: {decision.reason}")
+        self._say(f"health {decision.action}: {decision.problem}: {decision.reason}")
         self.tracker.log_metrics({f"health/{decision.problem}": 1.0}, self.step)
         self.tracker.set_tags({"health_last_event": f"{decision.action}: {decision.reason}"[:5000]})
         if decision.action == "warn":
@@ -168,8 +168,13 @@ class Trainer:
         self.load(last_good)
         self.set_lr_scale(lr_scale)
         self.stats.clear()
-        console.say(f"rolled back to {storage.basename(last_good)}, learning rates x{lr_scale:g}")
+        self._say(f"rolled back to {storage.basename(last_good)}, learning rates x{lr_scale:g}")
         return True
+
+    def _say(self, message: str) -> None:
+        """A console line, once per run: every rank takes the same decisions."""
+        if self.strategy.rank == 0:
+            console.say(message)
 
     def set_lr_scale(self, scale: float) -> None:
         self.lr_scale = scale

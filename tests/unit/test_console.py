@@ -25,7 +25,8 @@ SCRIPT = textwrap.dedent("""
             say.progress(f"kimg {i}/4")
             time.sleep(0.09)
         say.say("saved ckpt-000000016 at kimg 0.51")
-        print("(RayTrainWorker pid=7) gantry: warning: MLflow down [repeated 2x across cluster]", file=sys.stderr)
+        print("(RayTrainWorker pid=7) gantry: warning: MLflow down", file=sys.stderr)
+        print("(RayTrainWorker pid=8) gantry: warning: MLflow down [repeated 1x across cluster]", file=sys.stderr)
         sys.stdout.write("no newline at the end")
     print("after: " + con.location)
 """)
@@ -37,7 +38,8 @@ def run(log, **kw):
 
 def test_console_line_strips_ray_prefix_colour_and_dedup_suffix():
     assert console_line("\x1b[36m(RayTrainWorker pid=1, ip=10.1.2.3)\x1b[0m gantry: saved x") == "gantry: saved x"
-    assert console_line("(TrainController pid=4) gantry: a [repeated 3x across cluster]") == "gantry: a"
+    # a line Ray marks as repeated was shown when it first came
+    assert console_line("(TrainController pid=4) gantry: a [repeated 3x across cluster] (Ray deduplicates…)") is None
     assert console_line("(RayTrainWorker pid=1) Reporting training result 1") is None
     assert console_line("INFO mlflow: gantry: not at the start") is None
 
@@ -47,9 +49,10 @@ def test_only_gantry_lines_reach_the_console_and_everything_reaches_the_log(tmp_
     r = run(log, capture_output=True)
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
-    # not a terminal: the first progress line, then one per PLAIN_PROGRESS_EVERY_S (0.2 s here)
+    # not a terminal: the first progress line, then at most one per PLAIN_PROGRESS_EVERY_S (0.2 s
+    # here, against one every 0.09 s)
     progress = [ln for ln in out if ln.startswith("gantry: progress ")]
-    assert progress[0] == "gantry: progress kimg 0/4" and 1 < len(progress) < 4, out
+    assert progress[0] == "gantry: progress kimg 0/4" and len(progress) < 4, out
     assert out[0] == "gantry: mnist: fp32, 2 workers (ddp) on cpu"
     assert [ln for ln in out if not ln.startswith("gantry: progress ")] == [
         "gantry: mnist: fp32, 2 workers (ddp) on cpu", "gantry: saved ckpt-000000016 at kimg 0.51", f"after: {log}"]
