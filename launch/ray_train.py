@@ -74,14 +74,21 @@ def _saved_since(cfg: RunConfig, launched: float) -> str | None:
 
 
 def _absolute(cfg: RunConfig, resume: str | None) -> tuple[RunConfig, str | None]:
-    """Local paths made absolute here: workers keep their own node's working directory."""
+    """Local paths made absolute here: workers keep their own node's working directory (Ray
+    Train moves them into its session dir), so a relative SQLite tracking store, the default
+    included, would be created there and not where `gantry history` looks."""
     from pipeline import storage
+    from pipeline.tracking.store import resolve_uri
 
     def fix(location):
         return os.path.abspath(storage.local_path(location)) if location and storage.is_local(location) else location
 
     cfg = cfg.model_copy(deep=True)
     cfg.train.out_dir, cfg.data.path, cfg.eval.cache_dir = fix(cfg.train.out_dir), fix(cfg.data.path), fix(cfg.eval.cache_dir)
+    uri = resolve_uri(cfg.tracking.uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    cfg.tracking.uri = uri
     return cfg, (resume if resume == "latest" else fix(resume))
 
 
