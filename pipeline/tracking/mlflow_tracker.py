@@ -36,7 +36,7 @@ from pipeline.tracking import Tracker, spool, store
 from pipeline.tracking.records import Record, stage, take_chunk
 from pipeline.tracking.sender import Sender, Unreachable, is_retryable
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gantry.tracking")  # gantry.*: warnings reach the console
 
 SYSTEM_PREFIX = "system/"  # MLflow's system metrics: their own steps, not the trainer's
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.tracking.records import Record
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gantry.tracking")  # gantry.*: warnings reach the console
 
 
 class Unreachable(Exception):

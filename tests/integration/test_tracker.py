@@ -91,7 +91,7 @@ def test_retried_upload_is_not_stored_twice(mlflow_server, tmp_path):
 
 
 def test_outage_mid_run_loses_and_repeats_nothing(mlflow_server, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="pipeline.tracking")
+    caplog.set_level(logging.WARNING, logger="gantry.tracking")
     t = make_tracker(mlflow_server, tmp_path, "outage")
     for s in range(20):
         t.log_metrics({"loss": float(s), "kimg": s / 10}, s)
@@ -168,7 +168,7 @@ def test_resume_continues_the_same_run(mlflow_server, tmp_path, caplog):
     again = make_tracker(mlflow_server, tmp_path, "resumable", resume_run_id=first.run_id)
     assert again.run_id == first.run_id and again.start_step == 25
     assert again.client.get_run(again.run_id).info.status == "RUNNING"
-    caplog.set_level(logging.WARNING, logger="pipeline.tracking")
+    caplog.set_level(logging.WARNING, logger="gantry.tracking")
     again.log_metrics({"loss": -1.0}, 24)  # already logged before the restart: dropped
     for s in range(again.start_step, 40):
         again.log_metrics({"loss": float(s)}, s)
