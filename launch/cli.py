@@ -17,12 +17,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
+import time
 
 from pipeline.config import ConfigError
 from pipeline.errors import GantryError
+
+# torchrun and accelerate launch stop every process of a group as soon as one of them exits. A bad
+# launch is found by every rank alike (each reads the same config and environment); the rank
+# that finds it first waits this long before exiting, so that the others print their line too
+# instead of "terminated".
+PEER_GRACE_S = 3.0
 
 COMMANDS = ["train", "eval", "sample", "shards", "history", "ui", "tracking", "register", "k8s", "submit", "jobs", "retrain"]
 
@@ -59,6 +67,15 @@ def _handle_sigterm():
     return signal.SIG_DFL if previous is None else previous  # None: a handler set outside Python
 
 
+def _let_peers_report() -> None:
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return
+    try:
+        time.sleep(PEER_GRACE_S)
+    except KeyboardInterrupt:  # the launcher stopping this rank: its line is out already
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     # Without this a SIGTERM killed `gantry train` mid-step: no tracking close, no cleanup.
     # Restored on return, so calling main() inside another program leaves its handler alone.
@@ -73,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides += extra
         return int(args.func(args) or 0)
     except ConfigError as e:
-        print(f"gantry: config error: {e}", file=sys.stderr)
+        print(f"gantry: config error: {e}", file=sys.stderr, flush=True)
+        _let_peers_report()
         return 2
     except GantryError as e:
-        print(f"gantry: {e}", file=sys.stderr)
+        print(f"gantry: {e}", file=sys.stderr, flush=True)
+        _let_peers_report()
         return 1
     except Terminated:
         print("gantry: terminated (SIGTERM)", file=sys.stderr)

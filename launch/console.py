@@ -48,13 +48,14 @@ class Console:
         self.last_plain = 0.0
 
     @classmethod
-    def for_run(cls, cfg: RunConfig, command: str, verbose: bool = False) -> Console:
+    def for_run(cls, cfg: RunConfig, command: str, verbose: bool = False, rank: int = 0) -> Console:
+        """`rank`: this process's rank when torchrun started one per rank (each keeps its own log)."""
         from pipeline import storage
         from pipeline.worker import run_dir_for
 
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        local = os.path.join(tempfile.gettempdir(), "gantry-logs", f"{cfg.name}-{command}-{stamp}-{os.getpid()}.log")
-        return cls(local, storage.join(run_dir_for(cfg), "logs", f"{command}-{stamp}.log"), verbose)
+        name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-rank{rank}" if rank else "")
+        local = os.path.join(tempfile.gettempdir(), "gantry-logs", f"{cfg.name}-{name}-{os.getpid()}.log")
+        return cls(local, storage.join(run_dir_for(cfg), "logs", f"{name}.log"), verbose)
 
     @property
     def elapsed(self) -> float:

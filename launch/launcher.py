@@ -3,13 +3,31 @@
 - `local`: this process, one worker with strategy `single`, no Ray; the fastest path on one
   device and the debugging path. The default when `workers == 1`.
 - `ray`: `workers` Ray Train workers (launch/ray_train.py). The default when `workers > 1`.
+- `env`: this process is one rank of a group torchrun or `accelerate launch` started
+  (launch/env_launch.py). The default whenever WORLD_SIZE is set.
 """
 from __future__ import annotations
 
-from pipeline.config import RunConfig
+import os
+
+from pipeline.config import ConfigError, RunConfig
 from pipeline.errors import GantryError
 
-LAUNCHERS = ("local", "ray")
+LAUNCHERS = ("auto", "local", "ray", "env")
+
+
+def choose_launcher(launcher: str | None, cfg: RunConfig, environ=os.environ) -> str:
+    """`auto` (or None) resolved; a ConfigError for a launcher the environment contradicts."""
+    from launch.env_launch import in_group
+
+    if launcher in (None, "auto"):
+        return "env" if in_group(environ) else "ray" if cfg.workers > 1 else "local"
+    if launcher == "env" and not in_group(environ):
+        raise ConfigError("--launcher env: WORLD_SIZE is not set; start gantry under torchrun or accelerate launch")
+    if launcher != "env" and environ.get("WORLD_SIZE", "1") != "1":
+        raise ConfigError(f"--launcher {launcher} inside a group of WORLD_SIZE={environ['WORLD_SIZE']} processes "
+                          f"would train one whole run per process; drop --launcher (or use --launcher env)")
+    return launcher
 
 
 def launch(cfg: RunConfig, resume: str | None = None, launcher: str | None = None, address: str | None = None,
@@ -18,8 +36,14 @@ def launch(cfg: RunConfig, resume: str | None = None, launcher: str | None = Non
     `address`: a Ray cluster (default RAY_ADDRESS, else an embedded Ray); `tracking_run_id`:
     an existing MLflow run to log into (see pipeline.worker.train_worker); `placement`: Ray's
     placement strategy for the workers (PACK, SPREAD, STRICT_SPREAD, STRICT_PACK)."""
+    launcher = choose_launcher(launcher, cfg)
+    if launcher == "env":
+        from launch.env_launch import joined_config, read_group, run_env
+        group = read_group()
+        cfg = joined_config(cfg, group)
+        check_locations(cfg)
+        return run_env(cfg, group, resume=resume, tracking_run_id=tracking_run_id)
     check_locations(cfg)
-    launcher = launcher or ("ray" if cfg.workers > 1 else "local")
     if launcher == "ray":
         from launch.ray_train import run_ray
         return run_ray(cfg, resume=resume, address=address, max_failures=max_failures,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import random
+import zlib
 from itertools import count
 from pathlib import Path
 
@@ -225,8 +226,12 @@ class ShardStream:
                           batch=self.batch, shuffle_buffer=self.shuffle_buffer,
                           resampled=self.resampled, on_error=self.on_error, start=list(self.positions))
         workers = self.loader_workers
+        # A DataLoader without a generator draws its workers' seed from the global torch RNG
+        # whenever an iterator starts: a resumed run starts one at a step where the straight run
+        # did not, and its latents would then differ from there on.
+        seeds = torch.Generator().manual_seed(zlib.crc32(data.tag.encode()))
         return iter(DataLoader(data, batch_size=None, num_workers=workers, pin_memory=self.pin_memory,
-                               worker_init_fn=_worker_init if workers else None,
+                               worker_init_fn=_worker_init if workers else None, generator=seeds,
                                prefetch_factor=4 if workers else None))
 
     def __iter__(self):

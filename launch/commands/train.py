@@ -1,8 +1,8 @@
 """`gantry train CONFIG [key=value ...] [--resume latest|PATH] [--workers N] [--strategy S]
-[--launcher local|ray] [--address ADDR] [--verbose]`.
+[--launcher auto|local|ray|env] [--address ADDR] [--verbose]`.
 
-Launcher: `ray` (Ray Train workers; the default when workers > 1) or `local` (this process,
-one worker, no Ray; the default when workers == 1).
+Launcher (launch/launcher.py): `env` when torchrun or `accelerate launch` started this process
+(WORLD_SIZE is set; every rank runs this command), else `ray` when workers > 1, else `local`.
 The console shows gantry's own lines only (see launch/console.py); everything else the run's
 processes print goes to `<run dir>/logs/train-<time>.log`. `--verbose` prints it all instead.
 """
@@ -16,8 +16,9 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="latest|PATH", help="continue from a checkpoint")
     p.add_argument("--workers", type=int, help="number of training workers (overrides `workers`)")
     p.add_argument("--strategy", choices=["single", "ddp", "deepspeed"], help="overrides strategy.kind")
-    p.add_argument("--launcher", choices=["local", "ray"],
-                   help="default: ray when workers > 1, local when workers == 1")
+    p.add_argument("--launcher", choices=["auto", "local", "ray", "env"], default="auto",
+                   help="auto (default): env under torchrun / accelerate launch, else ray when workers > 1, "
+                        "else local")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)")
     p.add_argument("--placement", choices=["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"], default="PACK",
                    help="Ray: how workers are placed on nodes (default PACK; STRICT_SPREAD: one per node)")
@@ -41,18 +42,25 @@ def config_from_args(args):
 
 def run(args) -> int:
     from launch.console import Console, summary
-    from launch.launcher import launch
+    from launch.launcher import choose_launcher, launch
     from pipeline.errors import GantryError
 
     cfg = config_from_args(args)
-    console = Console.for_run(cfg, "train", verbose=args.verbose)
+    launcher, rank = choose_launcher(args.launcher, cfg), 0
+    if launcher == "env":  # a bad launch fails here, on every rank, before anything is written
+        from launch.env_launch import joined_config, read_group
+        group = read_group()
+        joined_config(cfg, group)
+        rank = group.rank
+    console = Console.for_run(cfg, "train", verbose=args.verbose, rank=rank)
     try:
         with console:
-            launch(cfg, resume=args.resume, launcher=args.launcher, address=args.address,
+            launch(cfg, resume=args.resume, launcher=launcher, address=args.address,
                    max_failures=args.max_failures, placement=args.placement)
     except GantryError as e:  # a failure while working: its one line says where the rest is
         if not console.location:
             raise
         raise GantryError(f"{e} (full log: {console.location})") from None
-    print(summary(cfg, console), flush=True)
+    if rank == 0:
+        print(summary(cfg, console), flush=True)
     return 0

@@ -110,6 +110,20 @@ def test_resume_continues_with_unseen_samples(shards, resampled):
         assert sorted(seen(head) + seen(tail)) == list(range(N))
 
 
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_streaming_leaves_the_global_rng_alone(shards, loader_workers):
+    """A resumed run starts its loader at a step where the straight run did not; if that drew
+    from torch's global RNG, every latent after it would differ and resume would not be exact."""
+    import torch
+
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    s = ShardStream(shards, seed=3, batch=12, loader_workers=loader_workers, shuffle_buffer=40)
+    epoch_batches(s)  # one loader for this epoch, then the next epoch's starts
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_from_config(shards):
     cfg = DataConfig(source="shards", path=str(shards), loader_workers=0, shuffle_buffer=10)
     s = ShardStream.from_config(cfg, rank=1, world_size=2, seed=0, batch=8)
