@@ -89,10 +89,18 @@ def joined_config(cfg: RunConfig, group: Group, environ=os.environ) -> RunConfig
     if cfg.workers not in (1, group.world_size):
         raise ConfigError(f"{source}: the config asks for workers={cfg.workers}; under {group.by} the "
                           f"number of processes it started decides (drop workers / --workers)")
-    overrides = _accelerate_settings(cfg, environ, source) if group.accelerate else []
-    if group.world_size > 1 and cfg.strategy.kind == "single" and not any(o.startswith("strategy.kind") for o in overrides):
-        overrides.append("strategy.kind=ddp")
-    return with_overrides(cfg, [f"workers={group.world_size}", *overrides], source)
+    overrides = [f"workers={group.world_size}"]
+    if group.world_size > 1 and cfg.strategy.kind == "single":
+        overrides.append("strategy.kind=ddp")  # a DeepSpeed plugin's strategy, below, comes later and wins
+    if group.accelerate:
+        overrides += _accelerate_settings(cfg, environ, source)
+    return with_overrides(cfg, overrides, source)
+
+
+def group_config(cfg: RunConfig, environ=os.environ) -> tuple[RunConfig, Group]:
+    """This process's group and `cfg` as it runs there; a ConfigError for a bad launch."""
+    group = read_group(environ)
+    return joined_config(cfg, group, environ), group
 
 
 def _accelerate_settings(cfg: RunConfig, environ, source: str) -> list[str]:

@@ -38,9 +38,8 @@ def launch(cfg: RunConfig, resume: str | None = None, launcher: str | None = Non
     placement strategy for the workers (PACK, SPREAD, STRICT_SPREAD, STRICT_PACK)."""
     launcher = choose_launcher(launcher, cfg)
     if launcher == "env":
-        from launch.env_launch import joined_config, read_group, run_env
-        group = read_group()
-        cfg = joined_config(cfg, group)
+        from launch.env_launch import group_config, run_env
+        cfg, group = group_config(cfg)
         check_locations(cfg)
         return run_env(cfg, group, resume=resume, tracking_run_id=tracking_run_id)
     check_locations(cfg)

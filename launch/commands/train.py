@@ -10,13 +10,15 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from launch.launcher import LAUNCHERS
+
     p = sub.add_parser("train", help="train a GAN from a YAML config")
     p.add_argument("config", help="YAML run config")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch=32")
     p.add_argument("--resume", metavar="latest|PATH", help="continue from a checkpoint")
     p.add_argument("--workers", type=int, help="number of training workers (overrides `workers`)")
     p.add_argument("--strategy", choices=["single", "ddp", "deepspeed"], help="overrides strategy.kind")
-    p.add_argument("--launcher", choices=["auto", "local", "ray", "env"], default="auto",
+    p.add_argument("--launcher", choices=LAUNCHERS, default="auto",
                    help="auto (default): env under torchrun / accelerate launch, else ray when workers > 1, "
                         "else local")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)")
@@ -42,16 +44,14 @@ def config_from_args(args):
 
 def run(args) -> int:
     from launch.console import Console, summary
+    from launch.env_launch import group_config
     from launch.launcher import choose_launcher, launch
     from pipeline.errors import GantryError
 
     cfg = config_from_args(args)
-    launcher, rank = choose_launcher(args.launcher, cfg), 0
-    if launcher == "env":  # a bad launch fails here, on every rank, before anything is written
-        from launch.env_launch import joined_config, read_group
-        group = read_group()
-        joined_config(cfg, group)
-        rank = group.rank
+    launcher = choose_launcher(args.launcher, cfg)
+    # A bad launch fails here, on every rank, before a log is written; launch() joins the group.
+    rank = group_config(cfg)[1].rank if launcher == "env" else 0
     console = Console.for_run(cfg, "train", verbose=args.verbose, rank=rank)
     try:
         with console:
