@@ -56,12 +56,12 @@ def launch(cfg: RunConfig, resume: str | None = None, launcher: str | None = Non
 
 def check_locations(cfg: RunConfig) -> None:
     """Fail before any work starts, with one line naming the URL, when the run cannot write
-    where it should (missing bucket, refused credentials, unreachable endpoint) or its data
-    is not there."""
+    where it should (missing bucket, refused credentials, unreachable endpoint), its data
+    is not there, or a conditional run's data has a single class."""
     from pipeline import storage
     from pipeline.shards.manifest import load_manifest
-    from pipeline.worker import run_dir_for
+    from pipeline.worker import run_dir_for, with_classes
 
     storage.ensure_dir(run_dir_for(cfg))
     if not cfg.is_toy:
-        load_manifest(cfg.data.path)
+        with_classes(cfg, load_manifest(cfg.data.path).class_names, cfg.data.path)

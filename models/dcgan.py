@@ -1,10 +1,13 @@
-"""DCGAN (Radford et al. 2015) for 32x32 or 64x64 images, channel widths configurable."""
+"""DCGAN (Radford et al. 2015) for 32x32 or 64x64 images, channel widths configurable;
+`classes > 0` makes the class-conditional pair (models/conditional.py)."""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import nn
+
+from models.conditional import LabelEmbedding, Projection
 
 
 def _check_resolution(resolution: int) -> int:
@@ -14,30 +17,36 @@ def _check_resolution(resolution: int) -> int:
 
 
 class DCGANGenerator(nn.Module):
-    """z (B, z_dim) -> images (B, channels, R, R) in [-1, 1]."""
+    """z (B, z_dim) [, labels (B,)] -> images (B, channels, R, R) in [-1, 1]. A label's
+    embedding is concatenated with z."""
 
-    def __init__(self, z_dim: int, resolution: int = 64, channels: int = 3, width: int = 64):
+    def __init__(self, z_dim: int, resolution: int = 64, channels: int = 3, width: int = 64, classes: int = 0):
         super().__init__()
         self.z_dim = z_dim
         stages = _check_resolution(resolution)
         c = width * 2 ** (stages - 1)
+        z_in = z_dim * (2 if classes else 1)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_dim, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+            nn.ConvTranspose2d(z_in, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
         for _ in range(stages - 1):
             layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
             c //= 2
         layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
+        self.embed = LabelEmbedding(classes, z_dim) if classes else None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(c, len(z))], 1)
         return self.net(z[:, :, None, None])
 
 
 class DCGANDiscriminator(nn.Module):
-    """images (B, channels, R, R) -> logits (B,). No batch norm, so R1 and gradient
-    penalties (per-sample input gradients) stay well defined."""
+    """images (B, channels, R, R) [, labels (B,)] -> logits (B,). No batch norm, so R1 and
+    gradient penalties (per-sample input gradients) stay well defined. Conditional: a projection
+    on the 4x4 features summed over space."""
 
-    def __init__(self, resolution: int = 64, channels: int = 3, width: int = 64):
+    def __init__(self, resolution: int = 64, channels: int = 3, width: int = 64, classes: int = 0):
         super().__init__()
         stages = _check_resolution(resolution)
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
@@ -47,6 +56,9 @@ class DCGANDiscriminator(nn.Module):
             c *= 2
         layers.append(nn.Conv2d(c, 1, 4, 1, 0))
         self.net = nn.Sequential(*layers)
+        self.project = Projection(classes, c) if classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten()
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.net[:-1](x)
+        out = self.net[-1](h).flatten()
+        return out if self.project is None else out + self.project(h.sum((2, 3)), c)

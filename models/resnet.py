@@ -1,10 +1,13 @@
-"""ResNet generator/discriminator with spectral norm for 32x32 (Miyato et al. 2018, SNGAN)."""
+"""ResNet generator/discriminator with spectral norm for 32x32 (Miyato et al. 2018, SNGAN);
+`classes > 0` makes the class-conditional pair (models/conditional.py)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from models.conditional import LabelEmbedding, Projection
 
 
 class _GBlock(nn.Module):
@@ -39,25 +42,30 @@ class _DBlock(nn.Module):
 
 
 class ResNetGenerator(nn.Module):
-    """z (B, z_dim) -> images (B, channels, 32, 32) in [-1, 1]."""
+    """z (B, z_dim) [, labels (B,)] -> images (B, channels, 32, 32) in [-1, 1]. A label's
+    embedding is concatenated with z."""
 
-    def __init__(self, z_dim: int, resolution: int = 32, channels: int = 3, width: int = 128):
+    def __init__(self, z_dim: int, resolution: int = 32, channels: int = 3, width: int = 128, classes: int = 0):
         super().__init__()
         if resolution != 32:
             raise ValueError(f"the ResNet pair is built for 32x32, got {resolution}")
         self.z_dim, self.width = z_dim, width
-        self.fc = nn.Linear(z_dim, 4 * 4 * width)
+        self.fc = nn.Linear(z_dim * (2 if classes else 1), 4 * 4 * width)
         self.blocks = nn.Sequential(*[_GBlock(width, width) for _ in range(3)])
         self.out = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
+        self.embed = LabelEmbedding(classes, z_dim) if classes else None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(c, len(z))], 1)
         return self.out(self.blocks(self.fc(z).view(-1, self.width, 4, 4)))
 
 
 class ResNetDiscriminator(nn.Module):
-    """images (B, channels, 32, 32) -> logits (B,)."""
+    """images (B, channels, 32, 32) [, labels (B,)] -> logits (B,); conditional: a projection
+    on the pooled features."""
 
-    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 128):
+    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 128, classes: int = 0):
         super().__init__()
         if resolution != 32:
             raise ValueError(f"the ResNet pair is built for 32x32, got {resolution}")
@@ -68,7 +76,9 @@ class ResNetDiscriminator(nn.Module):
             _DBlock(width, width, down=False, first=False),
         )
         self.fc = spectral_norm(nn.Linear(width, 1))
+        self.project = Projection(classes, width) if classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))
-        return self.fc(h).squeeze(1)
+        out = self.fc(h).squeeze(1)
+        return out if self.project is None else out + self.project(h, c)

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.conditional import LabelEmbedding, Projection
 from models.ops import ACTIVATIONS, bias_act, downsample2d, setup_filter, upsample2d
 
 RESAMPLE_FILTER = [1, 3, 3, 1]
@@ -145,15 +146,22 @@ class SynthesisBlock(nn.Module):
         return x, y
 
 
+def _unit_second_moment(x):
+    """Normalizing z (and a label's embedding) makes its scale irrelevant to the mapping."""
+    return x * (x.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+
+
 class StyleGAN2Generator(nn.Module):
-    """G(z) -> images [B, channels, resolution, resolution], roughly in [-1, 1] once trained."""
+    """G(z [, labels]) -> images [B, channels, resolution, resolution], roughly in [-1, 1] once
+    trained. Conditional (as StyleGAN2-ADA's c_dim): the label's embedding, normalized like z,
+    enters the mapping network beside z."""
 
     def __init__(self, z_dim, w_dim, resolution, channels, width, mapping_layers,
-                 max_channels=512, conv_clamp=None, impl="auto"):
+                 max_channels=512, conv_clamp=None, impl="auto", classes=0):
         super().__init__()
         _check_resolution(resolution)
         self.z_dim, self.resolution, self.channels = z_dim, resolution, channels
-        dims = [z_dim] + [w_dim] * mapping_layers
+        dims = [z_dim + (w_dim if classes else 0)] + [w_dim] * mapping_layers
         self.mapping = nn.Sequential(*[FullyConnected(i, o, act="lrelu", lr_mult=0.01, impl=impl)
                                        for i, o in zip(dims[:-1], dims[1:])])
         blocks, in_ch, side = [], 0, 4
@@ -162,11 +170,13 @@ class StyleGAN2Generator(nn.Module):
             blocks.append(SynthesisBlock(in_ch, out_ch, w_dim, side, channels, conv_clamp, impl))
             in_ch, side = out_ch, side * 2
         self.blocks = nn.ModuleList(blocks)
+        self.embed = LabelEmbedding(classes, w_dim) if classes else None
 
-    def forward(self, z, noise_mode="random"):
+    def forward(self, z, c=None, noise_mode="random"):
         """noise_mode: 'random' (training), 'const' (reproducible samples) or 'none'."""
-        # Normalizing z to unit second moment makes its scale irrelevant to the mapping.
-        z = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+        z = _unit_second_moment(z)
+        if self.embed is not None:
+            z = torch.cat([z, _unit_second_moment(self.embed(c, len(z)))], 1)
         w = self.mapping(z)
         x = img = None
         for block in self.blocks:
@@ -200,10 +210,11 @@ def minibatch_std(x, group_size):
 
 
 class StyleGAN2Discriminator(nn.Module):
-    """D(x) -> logits [B] for images [B, channels, resolution, resolution]."""
+    """D(x [, labels]) -> logits [B] for images [B, channels, resolution, resolution];
+    conditional: a projection on the last hidden features."""
 
     def __init__(self, resolution, channels, width, max_channels=512, mbstd_group=4,
-                 conv_clamp=None, impl="auto"):
+                 conv_clamp=None, impl="auto", classes=0):
         super().__init__()
         _check_resolution(resolution)
         ch = lambda side: channels_at(side, resolution, width, max_channels)  # noqa: E731
@@ -214,8 +225,11 @@ class StyleGAN2Discriminator(nn.Module):
         self.conv = Conv2dLayer(ch(4) + 1, ch(4), 3, act="lrelu", conv_clamp=conv_clamp, impl=impl)
         self.fc = FullyConnected(ch(4) * 16, ch(4), act="lrelu", impl=impl)
         self.out = FullyConnected(ch(4), 1, impl=impl)
+        self.project = Projection(classes, ch(4)) if classes else None
 
-    def forward(self, x):
+    def forward(self, x, c=None):
         x = self.blocks(self.from_rgb(x))
         x = self.conv(minibatch_std(x, self.mbstd_group))
-        return self.out(self.fc(x.flatten(1))).squeeze(1)
+        h = self.fc(x.flatten(1))
+        out = self.out(h).squeeze(1)
+        return out if self.project is None else out + self.project(h, c)

@@ -198,6 +198,10 @@ class ShardStream:
     def channels(self) -> int:
         return self.manifest.channels
 
+    @property
+    def class_names(self) -> list[str]:
+        return self.manifest.class_names
+
     @classmethod
     def from_config(cls, data, rank: int, world_size: int, seed: int, batch: int, **kw) -> "ShardStream":
         """From a `pipeline.config.DataConfig`; `batch` is this rank's share of the global batch."""

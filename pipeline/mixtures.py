@@ -29,6 +29,11 @@ class MixtureStream:
         self.std, self.batch = std, batch
         self.generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def class_names(self) -> list[str]:
+        """A point's label is the index of its mode."""
+        return [f"mode {k}" for k in range(len(self.centers))]
+
     def __iter__(self):
         return self
 

@@ -22,6 +22,8 @@ from pipeline.precision import Precision
 class Batch:
     real: torch.Tensor | None  # this rank's real samples (None before the first draw)
     z: torch.Tensor            # latents for G
+    c: torch.Tensor | None = None    # the real samples' labels (conditional runs only)
+    c_z: torch.Tensor | None = None  # the classes G draws for z (conditional runs only)
 
 
 Stats = dict[str, torch.Tensor]
@@ -46,13 +48,13 @@ def build_phases(cfg: RunConfig, augment: Augment, precision: Precision,
     kind, gp_weight, r1_gamma = cfg.loss.kind, cfg.loss.gp_weight, cfg.loss.r1_gamma
     global_batch = cfg.train.batch
 
-    def D_aug(D):
-        return lambda x: D(augment(x))
+    def D_aug(D, c):
+        return lambda x: D(augment(x), c)
 
     def d_forward(G, D, batch):
         with precision.autocast():
-            fake = G(batch.z)
-            real_logits, fake_logits = D(augment(batch.real)), D(augment(fake))
+            fake = G(batch.z, batch.c_z)
+            real_logits, fake_logits = D(augment(batch.real), batch.c), D(augment(fake), batch.c_z)
         augment.observe(real_logits, batch=global_batch, reduce=reduce)
         stats = {"D_real": real_logits.detach().float().mean(), "D_fake": fake_logits.detach().float().mean()}
         return d_loss(kind, real_logits, fake_logits), stats, fake
@@ -63,17 +65,17 @@ def build_phases(cfg: RunConfig, augment: Augment, precision: Precision,
 
     def d_main_gp(G, D, batch):
         loss, stats, fake = d_forward(G, D, batch)
-        gp = gradient_penalty(D_aug(D), batch.real, fake)
+        gp = gradient_penalty(D_aug(D, batch.c), batch.real, fake)
         stats["gp"] = gp.detach().mean()
         return loss + gp_weight * gp, stats
 
     def d_r1(G, D, batch):
-        r1 = r1_penalty(D_aug(D), batch.real)
+        r1 = r1_penalty(D_aug(D, batch.c), batch.real)
         return r1 * (r1_gamma / 2), {"r1": r1.detach().mean()}
 
     def g_main(G, D, batch):
         with precision.autocast():
-            fake_logits = D(augment(G(batch.z)))
+            fake_logits = D(augment(G(batch.z, batch.c_z)), batch.c_z)
         return g_loss(kind, fake_logits), {}
 
     phases = [Phase("D_main", "D", 1, cfg.train.n_critic, 1.0, "real", d_main_gp if kind == "wgan-gp" else d_main)]

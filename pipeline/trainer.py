@@ -55,19 +55,24 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------
 
-    def _latents(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.cfg.model.z_dim, device=self.device)
+    def _latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n latents, and for a conditional run the classes G draws them for (uniform)."""
+        z = torch.randn(n, self.cfg.model.z_dim, device=self.device)
+        m = self.cfg.model
+        return z, torch.randint(m.classes, (n,), device=self.device) if m.conditional else None
 
     def _draw(self, what: str, last: Batch | None) -> Batch:
         if what == "same":
             return last
         if what == "latents":
-            return Batch(last.real if last else None, self._latents(self.local_batch))
-        x, _ = next(self.stream)
+            z, c_z = self._latents(self.local_batch)
+            return Batch(last.real if last else None, z, c=last.c if last else None, c_z=c_z)
+        x, labels = next(self.stream)
         x = x.to(self.device, non_blocking=True)
         if x.dim() == 4 and self.precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return Batch(x, self._latents(len(x)))  # an epoch's last batch may be short
+        z, c_z = self._latents(len(x))  # an epoch's last batch may be short
+        return Batch(x, z, c=labels.to(self.device) if self.cfg.model.conditional else None, c_z=c_z)
 
     def train_step(self) -> None:
         batch = None

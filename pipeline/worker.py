@@ -17,7 +17,7 @@ import torch
 
 from models.augment import Augment
 from pipeline import checkpoint, console, storage
-from pipeline.config import OptimConfig, RunConfig, to_yaml
+from pipeline.config import ConfigError, OptimConfig, RunConfig, to_yaml, with_overrides
 from pipeline.errors import GantryError
 from pipeline.evaluation import ImageEvaluator, MixtureEvaluator, no_evaluation
 from pipeline.health import HealthMonitor
@@ -71,24 +71,43 @@ def make_stream(cfg: RunConfig, rank: int, world_size: int):
                                    batch=cfg.rank_batch(world_size))
 
 
+def with_classes(cfg: RunConfig, class_names: list[str], where: str) -> RunConfig:
+    """A conditional run with its class count taken from its data (`class_names` by label,
+    read from `where`); unconditional runs pass unchanged."""
+    m = cfg.model
+    if not m.conditional:
+        return cfg
+    if len(class_names) < 2:
+        raise ConfigError(f"model.conditional: {where} has {len(class_names)} class"
+                          f"{'' if len(class_names) == 1 else 'es'} ({', '.join(class_names) or 'none'}); a "
+                          f"conditional model needs labelled data with two or more (an image folder with one "
+                          f"sub-folder per class)")
+    if m.classes not in (0, len(class_names)):
+        raise ConfigError(f"model.classes is {m.classes} but {where} has {len(class_names)} classes; "
+                          f"leave model.classes out, it is read from the data")
+    return with_overrides(cfg, [f"model.classes={len(class_names)}"], where)
+
+
 def build_networks(cfg: RunConfig, channels: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The only place that maps `model.arch` to a class."""
     m = cfg.model
+    k = m.classes if m.conditional else 0
     if m.arch == "mlp":
         from models.mlp import MLPDiscriminator, MLPGenerator
-        return MLPGenerator(m.z_dim, m.g_width, m.depth), MLPDiscriminator(m.d_width, m.depth)
+        return MLPGenerator(m.z_dim, m.g_width, m.depth, classes=k), MLPDiscriminator(m.d_width, m.depth, classes=k)
     if m.arch == "dcgan":
         from models.dcgan import DCGANDiscriminator, DCGANGenerator
-        return (DCGANGenerator(m.z_dim, m.resolution, channels, m.g_width),
-                DCGANDiscriminator(m.resolution, channels, m.d_width))
+        return (DCGANGenerator(m.z_dim, m.resolution, channels, m.g_width, classes=k),
+                DCGANDiscriminator(m.resolution, channels, m.d_width, classes=k))
     if m.arch == "resnet":
         from models.resnet import ResNetDiscriminator, ResNetGenerator
-        return (ResNetGenerator(m.z_dim, m.resolution, channels, m.g_width),
-                ResNetDiscriminator(m.resolution, channels, m.d_width))
+        return (ResNetGenerator(m.z_dim, m.resolution, channels, m.g_width, classes=k),
+                ResNetDiscriminator(m.resolution, channels, m.d_width, classes=k))
     if m.arch == "stylegan2":
         from models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
-        return (StyleGAN2Generator(m.z_dim, m.w_dim, m.resolution, channels, m.g_width, m.mapping_layers),
-                StyleGAN2Discriminator(m.resolution, channels, m.d_width))
+        return (StyleGAN2Generator(m.z_dim, m.w_dim, m.resolution, channels, m.g_width, m.mapping_layers,
+                                   classes=k),
+                StyleGAN2Discriminator(m.resolution, channels, m.d_width, classes=k))
     raise ValueError(f"unknown model.arch {m.arch!r}")
 
 
@@ -146,7 +165,7 @@ def make_evaluator(cfg: RunConfig, stream, run_dir: str, device, comm=None):
     elif rank != 0:
         return no_evaluation
     return ImageEvaluator(cfg.model.z_dim, run_dir, metrics, cfg.eval.n_fake, cfg.eval.features,
-                          seed=cfg.seed + 12345, comm=comm)
+                          seed=cfg.seed + 12345, comm=comm, classes=cfg.model.classes if cfg.model.conditional else 0)
 
 
 def run_tags(cfg: RunConfig, stream, strategy: Strategy, precision) -> dict[str, str]:
@@ -184,6 +203,7 @@ def train_worker(cfg: RunConfig, resume: str | None = None, on_checkpoint=None,
         precision = choose_precision(cfg.train, strategy.device, image_model=not cfg.is_toy)
 
         stream = make_stream(cfg, strategy.rank, strategy.world_size)
+        cfg = with_classes(cfg, stream.class_names, cfg.data.path or cfg.data.source)
         G_ema = make_networks(cfg, strategy, precision, stream.channels)
         a = cfg.augment
         augment = Augment(a.kind, a.policy, a.ada_target, a.ada_interval, a.ada_kimg)

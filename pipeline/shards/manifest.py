@@ -38,6 +38,11 @@ class Manifest:
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
 
+    @property
+    def class_names(self) -> list[str]:
+        """By label: label k is class_names[k] (a label no sample uses is named by its number)."""
+        return [self.classes.get(k, str(k)) for k in range(max(self.classes, default=-1) + 1)]
+
     def path(self, entry: ShardEntry) -> str:
         return storage.join(self.root, entry.url)
 

@@ -2,8 +2,9 @@
 gives the same G and D, and the same Adam moments, as 1 worker x batch 2B.
 
 Real gloo process groups (two processes from torch.multiprocessing), fp32 on CPU, the mlp pair
-(no batch norm, whose per-rank statistics would differ by design). Both runs see the same real
-batch and the same latents by construction: rank r takes rows [rB, (r+1)B) of one fixed batch.
+(no batch norm, whose per-rank statistics would differ by design), unconditional and
+class-conditional. Both runs see the same real batch, labels and latents by construction: rank r
+takes rows [rB, (r+1)B) of one fixed batch.
 Adam's first update is invariant to the gradient's scale, so the test also compares Adam's
 first moment (exp_avg = (1 - beta1) * grad), which is not: a sum instead of a mean would fail.
 Then a NaN loss must be reported as a non-finite norm and skipped on both ranks.
@@ -28,6 +29,7 @@ from pipeline.worker import make_networks
 
 B = 8  # per-worker batch
 Z_DIM = 8
+CLASSES = 4  # of the conditional runs
 
 
 def _free_port() -> int:
@@ -36,10 +38,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cfg(workers: int, kind: str, stage: int = 0):
+def _cfg(workers: int, kind: str, stage: int = 0, conditional: bool = False):
     return from_dict({
         "seed": 3, "workers": workers,
-        "model": {"arch": "mlp", "z_dim": Z_DIM, "g_width": 32, "d_width": 32, "depth": 2},
+        "model": {"arch": "mlp", "z_dim": Z_DIM, "g_width": 32, "d_width": 32, "depth": 2,
+                  "conditional": conditional, "classes": CLASSES if conditional else 0},
         "loss": {"kind": "logistic", "r1_gamma": 1.0, "r1_interval": 4},
         "train": {"batch": 2 * B, "precision": "fp32"},
         "strategy": {"kind": kind, "zero_stage": stage},
@@ -48,27 +51,29 @@ def _cfg(workers: int, kind: str, stage: int = 0):
 
 
 class _FixedBatch:
-    """This rank's rows of one fixed real batch of 2B points, every time."""
+    """This rank's rows of one fixed real batch of 2B labelled points, every time."""
 
     channels = 2
 
     def __init__(self, rank: int, world_size: int):
-        real = torch.randn(2 * B, 2, generator=torch.Generator().manual_seed(7))
+        gen = torch.Generator().manual_seed(7)
+        real, labels = torch.randn(2 * B, 2, generator=gen), torch.randint(CLASSES, (2 * B,), generator=gen)
         n = 2 * B // world_size
-        self.real = real[rank * n:(rank + 1) * n]
+        self.real, self.labels = real[rank * n:(rank + 1) * n], labels[rank * n:(rank + 1) * n]
 
     def __next__(self):
-        return self.real, torch.zeros(len(self.real), dtype=torch.int64)
+        return self.real, self.labels
 
 
 class _FixedLatents(Trainer):
-    """Draw k of the run takes this rank's rows of fixed latents #k (2B rows)."""
+    """Draw k of the run takes this rank's rows of fixed latents #k (2B rows) and their classes."""
 
     def _latents(self, n):
         self._draws = getattr(self, "_draws", 0) + 1
-        z = torch.randn(2 * B, Z_DIM, generator=torch.Generator().manual_seed(100 + self._draws))
+        gen = torch.Generator().manual_seed(100 + self._draws)
+        z, c = torch.randn(2 * B, Z_DIM, generator=gen), torch.randint(CLASSES, (2 * B,), generator=gen)
         r = self.strategy.rank
-        return z[r * n:(r + 1) * n]
+        return z[r * n:(r + 1) * n], c[r * n:(r + 1) * n] if self.cfg.model.conditional else None
 
 
 def _first_moments(strategy, name: str) -> torch.Tensor:
@@ -107,13 +112,13 @@ def _nan_step_is_skipped(strategy) -> bool:
     return not torch.isfinite(norm) and all(torch.equal(a, p) for a, p in zip(before, D.parameters()))
 
 
-def _worker(rank: int, world_size: int, port: int, kind: str, stage: int, out: str) -> None:
+def _worker(rank: int, world_size: int, port: int, kind: str, stage: int, conditional: bool, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from pipeline.worker import make_strategy
 
-    cfg = _cfg(world_size, kind, stage)
+    cfg = _cfg(world_size, kind, stage, conditional)
     strategy = make_strategy(cfg)
     result = _one_step(cfg, strategy, out + ".run")
     skipped = strategy.all_gather_object(_nan_step_is_skipped(strategy))
@@ -124,15 +129,19 @@ def _worker(rank: int, world_size: int, port: int, kind: str, stage: int, out: s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,stage", [("ddp", 0), ("deepspeed", 0), ("deepspeed", 2)])
-def test_two_workers_equal_one_worker_with_twice_the_batch(tmp_path, kind, stage):
+@pytest.mark.parametrize("kind,stage,conditional", [("ddp", 0, False), ("deepspeed", 0, False),
+                                                    ("deepspeed", 2, False), ("ddp", 0, True)])
+def test_two_workers_equal_one_worker_with_twice_the_batch(tmp_path, kind, stage, conditional):
     from pipeline.strategy.single import SingleStrategy
 
     torch.set_num_threads(1)
-    reference = _one_step(_cfg(1, "single"), SingleStrategy(torch.device("cpu")), tmp_path / "ref")
+    reference = _one_step(_cfg(1, "single", conditional=conditional), SingleStrategy(torch.device("cpu")),
+                          tmp_path / "ref")
+    if conditional:  # the label terms are in the step: embedding and projection learned too
+        assert {"G.embed.table.weight", "D.project.table.weight"} <= reference.keys()
 
     out = str(tmp_path / "two.pt")
-    mp.spawn(_worker, args=(2, _free_port(), kind, stage, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), kind, stage, conditional, out), nprocs=2, join=True)
     two = torch.load(out, weights_only=True)
     assert two.pop("nan_step_skipped")
 

@@ -25,14 +25,17 @@ def _final(tmp_path, name, step):
     return load_file(str(tmp_path / name / "checkpoints" / f"ckpt-{step:09d}" / "G_ema.safetensors"))
 
 
-@pytest.mark.parametrize("loss", ["logistic", "wgan-gp"])
-def test_resume_is_bit_exact(tmp_path, loss):
-    _train(tmp_path, "straight", N, f"loss.kind={loss}")
-    _train(tmp_path, "split", K, f"loss.kind={loss}")
-    r = _train(tmp_path, "split", N, f"loss.kind={loss}", "--resume", "latest")
+@pytest.mark.parametrize("extra", [["loss.kind=logistic"], ["loss.kind=wgan-gp"],
+                                   ["loss.kind=logistic", "model.conditional=true"]],
+                         ids=["logistic", "wgan-gp", "conditional"])
+def test_resume_is_bit_exact(tmp_path, extra):
+    _train(tmp_path, "straight", N, *extra)
+    _train(tmp_path, "split", K, *extra)
+    r = _train(tmp_path, "split", N, *extra, "--resume", "latest")
     assert "resumed from" in r.stdout
     a, b = _final(tmp_path, "straight", N), _final(tmp_path, "split", N)
     assert a.keys() == b.keys()
+    assert ("embed.table.weight" in a) == ("model.conditional=true" in extra)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # and training really moved the weights between the split and the end (the run keeps its

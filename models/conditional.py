@@ -1,0 +1,47 @@
+"""Class conditioning for every model family: the label embedding G reads and the projection
+D adds to its logit (Miyato & Koyama 2018, "cGANs with Projection Discriminator").
+
+Contract, for a network built with `classes=K > 0`:
+- G(z, c) and D(x, c) take int64 labels c of shape (B,), values in [0, K).
+- c=None means the classes 0..K-1 in turn (balanced), so a caller that draws unlabelled
+  samples (FID, the health monitor) sees every class equally often.
+With `classes=0` a network builds none of this, ignores c, and keeps its unconditional
+parameters, state-dict keys and outputs exactly.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def labels_for(c: torch.Tensor | None, n: int, classes: int, device) -> torch.Tensor:
+    """`c`, or the classes in turn for n samples when it is None."""
+    if c is None:
+        return torch.arange(n, device=device) % classes
+    return c.to(device)
+
+
+class LabelEmbedding(nn.Module):
+    """G's side: a learned vector per class, concatenated with z (or fed to a mapping network)."""
+
+    def __init__(self, classes: int, dim: int):
+        super().__init__()
+        self.classes = classes
+        self.table = nn.Embedding(classes, dim)
+
+    def forward(self, c: torch.Tensor | None, n: int) -> torch.Tensor:
+        return self.table(labels_for(c, n, self.classes, self.table.weight.device))
+
+
+class Projection(nn.Module):
+    """D's side: logit += <embed(c), phi(x)>, with phi(x) D's last features (B, dim)."""
+
+    def __init__(self, classes: int, dim: int):
+        super().__init__()
+        self.classes = classes
+        self.table = nn.Embedding(classes, dim)
+        nn.init.normal_(self.table.weight, std=dim ** -0.5)  # starts as a small term beside D's logit
+
+    def forward(self, features: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        labels = labels_for(c, len(features), self.classes, features.device)
+        return (self.table(labels).to(features.dtype) * features).sum(1)
