@@ -20,12 +20,13 @@ def register_run(uri: str, run_id: str, name: str, alias: str | None = None, che
     returns the version. The `models` package travels with the model (code_paths), so
     loading it needs no gantry checkout."""
     import mlflow
+    import numpy as np
     import torch
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     import models
-    from pipeline.checkpoint import load_generator
+    from pipeline.checkpoint import load_generator, read_meta
 
     client = MlflowClient(uri)
     try:
@@ -39,15 +40,31 @@ def register_run(uri: str, run_id: str, name: str, alias: str | None = None, che
         except (MlflowException, OSError):
             raise GantryError(f"run {run_id} has no checkpoint artifact {artifact!r}") from None
         G, cfg = load_generator(local)
+        names = read_meta(local).get("class_names") if cfg.model.conditional else None
     # log_model checks the example by running it; a batch of one breaks BatchNorm-style layers.
     example = torch.randn(2, cfg.model.z_dim, generator=torch.Generator().manual_seed(0)).numpy()
+    signature = None
+    if cfg.model.conditional:  # the exported program takes (z, labels), which MLflow cannot infer
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+        example = (example, np.arange(2, dtype=np.int64))
+        with torch.no_grad():
+            out = G(*(torch.from_numpy(x) for x in example))
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.model.z_dim), "z"),
+                           TensorSpec(np.dtype(np.int64), (-1,), "labels")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *out.shape[1:]))]))
+    metadata = {"config": cfg.model_dump(mode="json")}  # latent size, data and metrics for sample/eval
+    if names:
+        metadata["class_names"] = names
     mlflow.set_tracking_uri(uri)
     info = mlflow.pytorch.log_model(
         G,
         name="G_ema",
         run_id=run_id,
         input_example=example,
-        metadata={"config": cfg.model_dump(mode="json")},  # latent size, data and metrics for sample/eval
+        signature=signature,
+        metadata=metadata,
         registered_model_name=name,
         code_paths=[str(Path(models.__file__).parent)],
         # Inferring requirements imports the model in a subprocess; we know them.
@@ -78,3 +95,18 @@ def load_generator_from(source: str, uri: str | None = None):
     if "config" not in metadata:
         raise GantryError(f"{source}: registered without its run config; register the run again")
     return G, from_dict(metadata["config"], source)
+
+
+def class_names_of(source: str, uri: str | None, classes: int) -> list[str]:
+    """A conditional generator's class names by label, as its run's data named them (numbers
+    where the source does not say)."""
+    if source.startswith("models:/"):
+        import mlflow
+
+        from pipeline.tracking import store
+        mlflow.set_tracking_uri(store.resolve_uri(uri))
+        names = (mlflow.models.get_model_info(source).metadata or {}).get("class_names")
+    else:
+        from pipeline.checkpoint import read_meta, resolve_checkpoint
+        names = read_meta(resolve_checkpoint(source, source)).get("class_names")
+    return names if names and len(names) == classes else [str(k) for k in range(classes)]

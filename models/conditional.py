@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 
-def labels_for(c: torch.Tensor | None, n: int, classes: int, device) -> torch.Tensor:
-    """`c`, or the classes in turn for n samples when it is None."""
+def labels_for(c: torch.Tensor | None, batch: torch.Tensor, classes: int) -> torch.Tensor:
+    """`c`, or the classes in turn for the samples of `batch` when it is None. The batch size
+    is read only then: torch.export keeps it dynamic when labels are given."""
     if c is None:
-        return torch.arange(n, device=device) % classes
-    return c.to(device)
+        return torch.arange(batch.shape[0], device=batch.device) % classes
+    return c.to(batch.device)
 
 
 class LabelEmbedding(nn.Module):
@@ -29,8 +30,9 @@ class LabelEmbedding(nn.Module):
         self.classes = classes
         self.table = nn.Embedding(classes, dim)
 
-    def forward(self, c: torch.Tensor | None, n: int) -> torch.Tensor:
-        return self.table(labels_for(c, n, self.classes, self.table.weight.device))
+    def forward(self, c: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        """The embeddings of the labels of the latents z."""
+        return self.table(labels_for(c, z, self.classes))
 
 
 class Projection(nn.Module):
@@ -43,5 +45,5 @@ class Projection(nn.Module):
         nn.init.normal_(self.table.weight, std=dim ** -0.5)  # starts as a small term beside D's logit
 
     def forward(self, features: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        labels = labels_for(c, len(features), self.classes, features.device)
+        labels = labels_for(c, features, self.classes)
         return (self.table(labels).to(features.dtype) * features).sum(1)

@@ -37,7 +37,7 @@ class DCGANGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
-            z = torch.cat([z, self.embed(c, len(z))], 1)
+            z = torch.cat([z, self.embed(c, z)], 1)
         return self.net(z[:, :, None, None])
 
 

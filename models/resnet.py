@@ -57,7 +57,7 @@ class ResNetGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
-            z = torch.cat([z, self.embed(c, len(z))], 1)
+            z = torch.cat([z, self.embed(c, z)], 1)
         return self.out(self.blocks(self.fc(z).view(-1, self.width, 4, 4)))
 
 

@@ -176,7 +176,7 @@ class StyleGAN2Generator(nn.Module):
         """noise_mode: 'random' (training), 'const' (reproducible samples) or 'none'."""
         z = _unit_second_moment(z)
         if self.embed is not None:
-            z = torch.cat([z, _unit_second_moment(self.embed(c, len(z)))], 1)
+            z = torch.cat([z, _unit_second_moment(self.embed(c, z))], 1)
         w = self.mapping(z)
         x = img = None
         for block in self.blocks:

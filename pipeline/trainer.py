@@ -207,6 +207,8 @@ class Trainer:
             meta = {"step": self.step, "nimg": self.nimg, "kimg": self.kimg, "channels": self.channels,
                     "config": self.cfg.model_dump(mode="json"), "tracking_run_id": self.tracker.run_id,
                     "eval": self.last_eval, "best_score": self.best_score, "time": time.time()}
+            if self.cfg.model.conditional:
+                meta["class_names"] = self.stream.class_names  # by label, for samples a person can read
             path = checkpoint.save_checkpoint(storage.join(self.run_dir, "checkpoints"), self.step, weights,
                                               state, meta, keep=self.cfg.train.keep_checkpoints)
             console.say(f"saved {storage.basename(path)} at kimg {self.kimg:.2f}")

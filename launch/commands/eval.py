@@ -22,6 +22,8 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
+    import torch
+
     from launch.registry import load_generator_from
     from pipeline.config import with_overrides
     from pipeline.errors import GantryError
@@ -32,7 +34,9 @@ def run(args) -> int:
     n = args.n if args.n is not None else (10_000 if cfg.is_toy else cfg.eval.n_fake)
     if n <= 0:
         raise GantryError(f"--n must be positive, got {n}")
-    samples = generate(G, n, cfg.model.z_dim, args.seed, batch=250)
+    # a conditional model's classes in turn (a registered one takes its labels explicitly)
+    labels = torch.arange(n) % cfg.model.classes if cfg.model.conditional else None
+    samples = generate(G, n, cfg.model.z_dim, args.seed, batch=250, labels=labels)
     if cfg.is_toy:
         from pipeline.metrics.mixture import mixture_scores
         from pipeline.mixtures import mixture_centers

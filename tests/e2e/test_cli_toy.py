@@ -47,9 +47,11 @@ def test_sample_writes_points_near_the_ring(trained, tmp_path):
 @pytest.mark.slow
 def test_sample_and_eval_bad_input_are_one_line_errors(trained, tmp_path):
     ckpts, _ = trained
-    for args in (["sample", str(ckpts), "--out", str(tmp_path / "x.png")],
-                 ["sample", str(tmp_path / "missing"), "--out", str(tmp_path / "x.npy")],
-                 ["eval", str(tmp_path)]):
+    for args, code in ((["sample", str(ckpts), "--out", str(tmp_path / "x.png")], 2),  # usage: points, not images
+                       (["sample", str(ckpts), "--class", "1", "--out", str(tmp_path / "x.npy")], 2),
+                       (["sample", str(tmp_path / "missing"), "--out", str(tmp_path / "x.npy")], 1),
+                       (["eval", str(tmp_path)], 1)):
         r = gantry(*args)
-        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert r.returncode == code and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
         assert r.stderr.startswith("gantry: ")
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.npy").exists()
