@@ -97,16 +97,22 @@ def load_generator_from(source: str, uri: str | None = None):
     return G, from_dict(metadata["config"], source)
 
 
-def class_names_of(source: str, uri: str | None, classes: int) -> list[str]:
-    """A conditional generator's class names by label, as its run's data named them (numbers
-    where the source does not say)."""
+def source_meta(source: str, uri: str | None, classes: int) -> dict:
+    """What a generator's source says about it: `source` (the checkpoint a folder resolves to,
+    or the model URI), `run_id` (the MLflow run that trained it, or None) and `class_names` by
+    label (numbers where it does not name its `classes`)."""
     if source.startswith("models:/"):
         import mlflow
 
         from pipeline.tracking import store
         mlflow.set_tracking_uri(store.resolve_uri(uri))
-        names = (mlflow.models.get_model_info(source).metadata or {}).get("class_names")
+        info = mlflow.models.get_model_info(source)
+        run_id, names = info.run_id, (info.metadata or {}).get("class_names")
     else:
         from pipeline.checkpoint import read_meta, resolve_checkpoint
-        names = read_meta(resolve_checkpoint(source, source)).get("class_names")
-    return names if names and len(names) == classes else [str(k) for k in range(classes)]
+        source = resolve_checkpoint(source, source)
+        meta = read_meta(source)
+        run_id, names = meta.get("tracking_run_id"), meta.get("class_names")
+    if not names or len(names) != classes:
+        names = [str(k) for k in range(classes)]
+    return {"source": source, "run_id": run_id, "class_names": names}

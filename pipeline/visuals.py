@@ -25,6 +25,12 @@ def image_grid(images: torch.Tensor, cols: int | None = None) -> np.ndarray:
     return ((grid.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, rounded as image_grid rounds."""
+    x = images.detach().float().cpu().clamp(-1, 1).permute(0, 2, 3, 1).numpy()
+    return ((x + 1) * 127.5).round().astype(np.uint8)
+
+
 def scatter_image(points: torch.Tensor, centers: torch.Tensor | None = None, size: int = 4) -> np.ndarray:
     """2-D samples (and the true centres, if given) drawn as an RGB uint8 array."""
     import matplotlib

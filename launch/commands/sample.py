@@ -41,7 +41,7 @@ def _kind(out: str) -> str:
 def run(args) -> int:
     import torch
 
-    from launch.registry import class_names_of, load_generator_from
+    from launch.registry import load_generator_from, source_meta
     from pipeline.config import ConfigError
     from pipeline.evaluation import class_rows, generate
 
@@ -59,7 +59,7 @@ def run(args) -> int:
     if not classes and (args.label is not None or args.per_class is not None):
         raise ConfigError(f"{args.checkpoint} is not class-conditional: --class and --per-class need a model "
                           f"trained with model.conditional: true")
-    names = class_names_of(args.checkpoint, args.uri, classes) if classes else []
+    names = source_meta(args.checkpoint, args.uri, classes)["class_names"] if classes else []
     if args.label is not None and not 0 <= args.label < classes:
         raise ConfigError(f"--class {args.label}: {args.checkpoint} draws classes 0..{classes - 1} "
                           f"({', '.join(names[:12])}{', ...' if classes > 12 else ''})")
@@ -80,7 +80,7 @@ def run(args) -> int:
 def _write(out: str, kind: str, samples, labels, names: list[str], per_row: int | None) -> None:
     import numpy as np
 
-    from pipeline.visuals import image_grid, png_bytes, save_png
+    from pipeline.visuals import image_grid, png_bytes, save_png, to_uint8
 
     os.makedirs(out if kind == "dir" else os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if kind == ".npy":
@@ -90,19 +90,14 @@ def _write(out: str, kind: str, samples, labels, names: list[str], per_row: int 
         save_png(image_grid(samples, cols=per_row), out)
         return
     if kind == ".npz":
-        arrays = {"points": samples.numpy()} if samples.dim() == 2 else {"images": _uint8(samples)}
+        arrays = {"points": samples.numpy()} if samples.dim() == 2 else {"images": to_uint8(samples)}
         if labels is not None:
             arrays["labels"] = labels.numpy().astype(np.int64)
         np.savez(out, **arrays)
         return
-    for i, image in enumerate(_uint8(samples)):
+    for i, image in enumerate(to_uint8(samples)):
         folder = os.path.join(out, names[int(labels[i])]) if labels is not None else out
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, f"{i:06d}.png"), "wb") as f:
             f.write(png_bytes(image))
 
-
-def _uint8(images):
-    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, as image_grid rounds."""
-    x = (images.clamp(-1, 1).permute(0, 2, 3, 1).numpy() + 1) * 127.5
-    return x.round().astype("uint8")

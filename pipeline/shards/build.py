@@ -38,6 +38,7 @@ from pipeline.shards.sources import Source, UnreadableItem, load_item, load_sour
 
 ON_ERROR = ("fail", "skip")
 _CHUNK = 32   # items per pool task: amortizes the pipe, still spreads work evenly
+STAGING = ".staging-"  # prefix of the hidden folder inside OUT where shards wait to be published
 
 
 def shard_name(name: str, index: int) -> str:
@@ -129,21 +130,27 @@ def _write_shard(path: Path, first: int, samples: list[tuple[int, bytes]], m: Ma
 def _stage(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on_error: str,
            staging: Path) -> tuple[list[ShardEntry], _Tally]:
     """Write SRC's decodable items as the shards that follow M's, into STAGING."""
-    size, tally, entries = m.shard_size, _Tally(), []
+    size, tally = m.shard_size, _Tally()
     encode = functools.partial(_encode, channels=m.channels, resolution=m.resolution,
                                transform=m.transform)
     workers = max(1, min(workers or os.cpu_count() or 1, math.ceil(len(src) / size)))
     with _ordered_map(workers) as ordered_map:
-        kept = _kept(src, labels, ordered_map(encode, src.items), on_error, tally)
-        while samples := list(itertools.islice(kept, size)):
-            path = staging / shard_name(m.name, len(m.shards) + len(entries))
-            first = m.samples + size * len(entries)
-            entries.append(_write_shard(path, first, samples, m, src.name))
+        entries = _pack(m, _kept(src, labels, ordered_map(encode, src.items), on_error, tally), src.name, staging)
     if not entries:
         first = tally.skipped[0]
         raise GantryError(f"{src.description}: none of its {len(src)} files could be read "
                           f"(the first, {first['file']}: {first['reason']})")
     return entries, tally
+
+
+def _pack(m: Manifest, samples: Iterator[tuple[int, bytes]], source: str, staging: Path) -> list[ShardEntry]:
+    """(label, png) samples as the shards that follow M's, into STAGING, one shard in memory
+    at a time."""
+    entries: list[ShardEntry] = []
+    while chunk := list(itertools.islice(samples, m.shard_size)):
+        path = staging / shard_name(m.name, len(m.shards) + len(entries))
+        entries.append(_write_shard(path, m.samples + m.shard_size * len(entries), chunk, m, source))
+    return entries
 
 
 def _publish(m: Manifest, staging: Path, entries: list[ShardEntry], record: dict) -> None:
@@ -171,7 +178,7 @@ def _write(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on
     Shards are staged beside their destination on a local disk, in a temporary folder for an
     object store, and uploaded whole."""
     near = storage.local_path(m.root) if storage.is_local(m.root) else None
-    with tempfile.TemporaryDirectory(dir=near, prefix=".staging-") as staging:
+    with tempfile.TemporaryDirectory(dir=near, prefix=STAGING) as staging:
         entries, tally = _stage(m, src, labels, workers, on_error, Path(staging))
         record = {"version": m.version, "source": src.description,
                   "samples": sum(e.samples for e in entries),
@@ -267,3 +274,25 @@ def _merge_classes(m: Manifest, src: Source, folder: bool, origin: str) -> np.nd
         m.classes[remap[label]] = cname
     src.classes = {remap[k]: v for k, v in src.classes.items()}
     return np.array([remap[int(x)] for x in src.labels], np.int64)
+
+
+def build_from_samples(out: str, samples: Iterable[tuple[int, bytes]], *, name: str, resolution: int, channels: int,
+                       classes: dict[int, str], description: str, provenance: dict,
+                       shard_size: int = 1000) -> Manifest:
+    """Shards of (label, PNG) samples that something other than a source made (`gantry export`):
+    the same staging and commit as `build_shards`, so a writer stopped midway leaves no
+    manifest; `provenance` is kept in the manifest's source record."""
+    out = str(out)
+    storage.check(out, write=True)
+    m = Manifest(name=name, version=1, resolution=resolution, channels=channels, transform="generated",
+                 shard_size=shard_size, classes=classes, sources=[], shards=[], root=out)
+    near = storage.local_path(out) if storage.is_local(out) else None
+    with _new_dir(out), tempfile.TemporaryDirectory(dir=near, prefix=STAGING) as staging:
+        entries = _pack(m, iter(samples), description, Path(staging))
+        if not entries:
+            raise GantryError(f"{description}: no samples to write")
+        record = {"version": 1, "source": description, "samples": sum(e.samples for e in entries),
+                  "first_shard": entries[0].url, "shard_count": len(entries), "skipped": [], "fitted": {},
+                  "provenance": provenance}
+        _publish(m, Path(staging), entries, record)
+    return m
