@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     b.add_argument("--name", help="shard file prefix (default: the source's name)")
     b.add_argument("--workers", type=int, help="encoding processes (default: all cores)")
     b.add_argument("--on-error", choices=["fail", "skip"], default="fail", help=ON_ERROR_HELP)
+    b.add_argument("--heldout", type=float, metavar="FRACTION",
+                   help="keep this fraction of the samples (chosen by key) out of training, for tests on real "
+                        "data such as CAS (default: none; mnist holds out its own 10,000 test images)")
     b.set_defaults(func=run)
 
     a = sub.add_parser("add", help="append SOURCE to OUT as new shards and bump the data version")
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.shards_command == "build":
         m = build_shards(args.source, args.out, args.resolution, shard_size=args.shard_size,
                          filter=args.filter, pad=args.pad, limit=args.limit, name=args.name,
-                         workers=args.workers, on_error=args.on_error)
+                         workers=args.workers, on_error=args.on_error, heldout=args.heldout)
     else:
         m = add_shards(args.out, args.source, limit=args.limit, workers=args.workers,
                        on_error=args.on_error)
@@ -79,4 +82,6 @@ def images_line(m) -> str:
     else:
         skips = "none skipped"
     fits = describe_fits(record["fitted"], m.resolution, m.transform)
-    return f"images: {record['samples']} added, {skips}; {fits}"
+    held = record.get("heldout")
+    added = f"{record['samples']} added" + (f" (+{held['samples']} held out: {m.heldout_rule})" if held else "")
+    return f"images: {added}, {skips}; {fits}"

@@ -128,37 +128,43 @@ def _write_shard(path: Path, first: int, samples: list[tuple[int, bytes]], m: Ma
 
 
 def _stage(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on_error: str,
-           staging: Path) -> tuple[list[ShardEntry], _Tally]:
-    """Write SRC's decodable items as the shards that follow M's, into STAGING."""
-    size, tally = m.shard_size, _Tally()
+           staging: Path, tally: _Tally, heldout: bool = False) -> list[ShardEntry]:
+    """Write SRC's decodable items as the shards that follow M's (or its held-out ones), into
+    STAGING."""
     encode = functools.partial(_encode, channels=m.channels, resolution=m.resolution,
                                transform=m.transform)
-    workers = max(1, min(workers or os.cpu_count() or 1, math.ceil(len(src) / size)))
+    workers = max(1, min(workers or os.cpu_count() or 1, math.ceil(len(src) / m.shard_size)))
     with _ordered_map(workers) as ordered_map:
-        entries = _pack(m, _kept(src, labels, ordered_map(encode, src.items), on_error, tally), src.name, staging)
+        entries = _pack(m, _kept(src, labels, ordered_map(encode, src.items), on_error, tally), src.name, staging,
+                        heldout)
     if not entries:
         first = tally.skipped[0]
         raise GantryError(f"{src.description}: none of its {len(src)} files could be read "
                           f"(the first, {first['file']}: {first['reason']})")
-    return entries, tally
-
-
-def _pack(m: Manifest, samples: Iterator[tuple[int, bytes]], source: str, staging: Path) -> list[ShardEntry]:
-    """(label, png) samples as the shards that follow M's, into STAGING, one shard in memory
-    at a time."""
-    entries: list[ShardEntry] = []
-    while chunk := list(itertools.islice(samples, m.shard_size)):
-        path = staging / shard_name(m.name, len(m.shards) + len(entries))
-        entries.append(_write_shard(path, m.samples + m.shard_size * len(entries), chunk, m, source))
     return entries
 
 
-def _publish(m: Manifest, staging: Path, entries: list[ShardEntry], record: dict) -> None:
+def _pack(m: Manifest, samples: Iterator[tuple[int, bytes]], source: str, staging: Path,
+          heldout: bool = False) -> list[ShardEntry]:
+    """(label, png) samples as the shards that follow M's (or its held-out ones: their own
+    names and keys), into STAGING, one shard in memory at a time."""
+    entries: list[ShardEntry] = []
+    after = m.heldout if heldout else m.shards
+    name = f"{m.name}-heldout" if heldout else m.name
+    while chunk := list(itertools.islice(samples, m.shard_size)):
+        path = staging / shard_name(name, len(after) + len(entries))
+        first = sum(e.samples for e in after) + m.shard_size * len(entries)
+        entries.append(_write_shard(path, first, chunk, m, source))
+    return entries
+
+
+def _publish(m: Manifest, staging: Path, entries: list[ShardEntry], record: dict,
+             heldout: list[ShardEntry] = ()) -> None:
     """Move (or upload) the staged shards into M's location, then save the manifest, which
     commits them."""
     placed = []
     try:
-        for e in entries:
+        for e in [*entries, *heldout]:
             if storage.is_local(m.root):
                 os.replace(staging / e.url, m.path(e))
             else:
@@ -166,6 +172,7 @@ def _publish(m: Manifest, staging: Path, entries: list[ShardEntry], record: dict
             placed.append(m.path(e))
         m.sources.append(record)
         m.shards.extend(entries)
+        m.heldout.extend(heldout)
         m.save()
     except BaseException:
         for url in placed:
@@ -173,18 +180,24 @@ def _publish(m: Manifest, staging: Path, entries: list[ShardEntry], record: dict
         raise
 
 
-def _write(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on_error: str) -> None:
-    """Append SRC to M as new shards and commit, or fail leaving M's location untouched.
-    Shards are staged beside their destination on a local disk, in a temporary folder for an
-    object store, and uploaded whole."""
+def _write(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on_error: str,
+           heldout: Source | None = None) -> None:
+    """Append SRC to M as new shards (and HELDOUT as held-out ones) and commit, or fail leaving
+    M's location untouched. Shards are staged beside their destination on a local disk, in a
+    temporary folder for an object store, and uploaded whole."""
     near = storage.local_path(m.root) if storage.is_local(m.root) else None
     with tempfile.TemporaryDirectory(dir=near, prefix=STAGING) as staging:
-        entries, tally = _stage(m, src, labels, workers, on_error, Path(staging))
+        tally = _Tally()
+        entries = _stage(m, src, labels, workers, on_error, Path(staging), tally)
+        held = _stage(m, heldout, heldout.labels, workers, on_error, Path(staging), tally, heldout=True) \
+            if heldout is not None else []
         record = {"version": m.version, "source": src.description,
                   "samples": sum(e.samples for e in entries),
                   "first_shard": entries[0].url, "shard_count": len(entries),
                   "skipped": tally.skipped, "fitted": dict(sorted(tally.fitted.items()))}
-        _publish(m, Path(staging), entries, record)
+        if held:
+            record["heldout"] = {"samples": sum(e.samples for e in held), "shard_count": len(held)}
+        _publish(m, Path(staging), entries, record, held)
 
 
 def _check_on_error(on_error: str) -> None:
@@ -216,11 +229,12 @@ def _new_dir(out: str):
 def build_shards(source: str, out: str, resolution: int, *, shard_size: int = 1000,
                  filter: str = "box", pad: bool = False, limit: int | None = None,
                  name: str | None = None, workers: int | None = None,
-                 on_error: str = "fail") -> Manifest:
+                 on_error: str = "fail", heldout: float | None = None) -> Manifest:
     """Write SOURCE as shards into OUT (new or empty of shards) at data version 1.
 
     on_error: "fail" stops at the first file that does not decode; "skip" leaves such files out
-    and lists them in the manifest's source record.
+    and lists them in the manifest's source record. heldout: the fraction of samples kept out
+    of training (MNIST holds out its own test set unless this is given).
     """
     _check_on_error(on_error)
     if resolution <= 0 or shard_size <= 0:
@@ -231,11 +245,14 @@ def build_shards(source: str, out: str, resolution: int, *, shard_size: int = 10
         raise GantryError(f"{out} already holds shards; append with `gantry shards add {out} SOURCE`")
     transform = transform_name(pad, filter)
     src = load_source(source, resolution).head(limit)
+    if heldout is not None:
+        src.hold_out(heldout)
+    train, held = src.split()
     m = Manifest(name=name or src.name, version=1, resolution=resolution, channels=src.channels,
                  transform=transform, shard_size=shard_size, classes=dict(src.classes),
-                 sources=[], shards=[], root=out)
+                 sources=[], shards=[], heldout_rule=src.heldout_rule if held else "", root=out)
     with _new_dir(out):
-        _write(m, src, src.labels, workers, on_error)
+        _write(m, train, train.labels, workers, on_error, held)
     return m
 
 

