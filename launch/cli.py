@@ -67,6 +67,13 @@ def _handle_sigterm():
     return signal.SIG_DFL if previous is None else previous  # None: a handler set outside Python
 
 
+def _error_line(message: str) -> None:
+    """One write for the whole line: the ranks of a torchrun group share one stderr pipe, and
+    print's separate write of the newline let their lines run together."""
+    sys.stderr.write(f"gantry: {message}\n")
+    sys.stderr.flush()
+
+
 def _let_peers_report() -> None:
     if os.environ.get("WORLD_SIZE", "1") == "1":
         return
@@ -90,18 +97,18 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides += extra
         return int(args.func(args) or 0)
     except ConfigError as e:
-        print(f"gantry: config error: {e}", file=sys.stderr, flush=True)
+        _error_line(f"config error: {e}")
         _let_peers_report()
         return 2
     except GantryError as e:
-        print(f"gantry: {e}", file=sys.stderr, flush=True)
+        _error_line(str(e))
         _let_peers_report()
         return 1
     except Terminated:
-        print("gantry: terminated (SIGTERM)", file=sys.stderr)
+        _error_line("terminated (SIGTERM)")
         return 143
     except KeyboardInterrupt:
-        print("gantry: interrupted", file=sys.stderr)
+        _error_line("interrupted")
         return 130
     finally:
         if previous is not None:

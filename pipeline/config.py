@@ -133,8 +133,9 @@ class AugmentConfig(Section):
 
 
 class EvalConfig(Section):
-    metrics: list[Literal["fid", "kid", "pr", "coverage"]] = Field(
-        ["fid", "coverage"], description="image metrics at each eval (shards only); [] for grids only")
+    metrics: list[Literal["fid", "kid", "pr", "coverage", "cas", "aug_gain"]] = Field(
+        ["fid", "coverage"], description="image metrics at each eval (shards only); [] for grids only; "
+                                         "cas and aug_gain for conditional models")
     features: Literal["inception", "classifier"] = Field(
         "classifier", description="feature space of fid/kid/pr; inception is ~0.4 s/image on a CPU")
     n_fake: int = Field(5000, gt=0, description="generated images per evaluation")
@@ -215,6 +216,10 @@ class RunConfig(Section):
             raise ValueError(f"augment.kind '{self.augment.kind}' augments images; model.arch 'mlp' makes 2-D points")
         if self.model.arch != "mlp" and self.data.source != "shards":
             raise ValueError(f"model.arch '{self.model.arch}' needs image data (data.source: shards)")
+        labelled = [name for name in self.eval.metrics if name in ("cas", "aug_gain")]
+        if labelled and not self.model.conditional:
+            raise ValueError(f"eval.metrics {', '.join(labelled)} score a class-conditional model's labelled "
+                             f"samples; set model.conditional: true")
         return self
 
     @property

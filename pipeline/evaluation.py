@@ -94,8 +94,11 @@ class ImageEvaluator:
                 self.metrics.prepare()  # fills the cache the other ranks then read
             self.comm.barrier()
             self._prepared = True
-        fake = generate(G, self.n_fake, self.z_dim, self.seed + 1, batch=250, part=(self.rank, self.world_size))
-        parts = self.metrics.extract(fake)
+        # a conditional G's classes in turn, each rank its share with its labels
+        labels = torch.arange(self.n_fake) % self.classes if self.classes else None
+        part = (self.rank, self.world_size)
+        fake = generate(G, self.n_fake, self.z_dim, self.seed + 1, batch=250, part=part, labels=labels)
+        parts = self.metrics.extract(fake, None if labels is None else torch.tensor_split(labels, part[1])[part[0]])
         if self.world_size > 1:
             shares = self.comm.all_gather_object(parts)
             parts = {k: np.concatenate([share[k] for share in shares]) for k in parts}

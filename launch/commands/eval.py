@@ -48,7 +48,7 @@ def run(args) -> int:
         from pipeline.metrics.image_eval import ImageMetrics
         if not cfg.eval.metrics:
             raise GantryError("eval.metrics is empty: name some of fid, kid, pr, coverage")
-        scores = ImageMetrics.from_config(cfg).score(samples)
+        scores = ImageMetrics.from_config(cfg).score(samples, labels)
         text = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
     print(json.dumps(scores) if args.json else f"{text} (n={n})")
     return 0

@@ -7,6 +7,8 @@ Feature space: "inception" (TF Inception pool3: the FID of papers, ~0.3-0.5 s pe
 a CPU) or "classifier" (the domain classifier's embedding: a fast proxy, comparable only
 with itself). Keys name the space: fid_inception, kid_classifier, precision_classifier, ...
 "coverage" always uses the classifier's predictions: classes_covered, classes_total, class_tv.
+"cas" and "aug_gain" (conditional models: pipeline/metrics/cas.py) train the classifier's recipe
+on the labelled generated images and test it on the shard set's held-out split.
 
 Real features are computed once per (shard set and data version, resolution, count, extractor,
 sample seed) and kept as .npy under `cache_dir`; so is the classifier. A new data version (after
@@ -24,13 +26,15 @@ import torch
 from pipeline import storage
 from pipeline.errors import GantryError
 from pipeline.metrics import classifier as clf
+from pipeline.metrics.cas import synthetic_data_scores
 from pipeline.metrics.fid import GaussianStats, frechet_distance, kid
 from pipeline.metrics.precision_recall import precision_recall
 from pipeline.shards.imaging import decode_sample
 from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
 from pipeline.shards.verify import read_samples
 
-METRICS = ("fid", "kid", "pr", "coverage")
+METRICS = ("fid", "kid", "pr", "coverage", "cas", "aug_gain")
+LABELLED = {"cas", "aug_gain"}  # metrics that train on generated images with their labels
 FEATURES = ("inception", "classifier")
 
 
@@ -40,14 +44,16 @@ def data_key(m: Manifest) -> str:
     return f"{m.name}-v{m.version}-r{m.resolution}-{digest}"
 
 
-def read_real(m: Manifest, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def read_real(m: Manifest, n: int | None = None, seed: int = 0, heldout: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """n samples drawn without replacement (seeded; all when n is None or >= the set), in shard
-    order, as float (n, C, R, R) in [-1, 1] and int64 labels. Shards are checked against the
-    manifest; anything wrong is a GantryError, since statistics from damaged data mislead."""
-    total = m.samples
+    order, as float (n, C, R, R) in [-1, 1] and int64 labels; from the held-out split with
+    `heldout`. Shards are checked against the manifest; anything wrong is a GantryError, since
+    statistics from damaged data mislead."""
+    entries = m.heldout if heldout else m.shards
+    total = sum(e.samples for e in entries)
     chosen = np.sort(np.random.default_rng(seed).permutation(total)[:n]) if n and n < total else np.arange(total)
     images, labels, start = [], [], 0
-    for entry in m.shards:
+    for entry in entries:
         wanted = chosen[(chosen >= start) & (chosen < start + entry.samples)] - start
         start += entry.samples
         if not len(wanted):
@@ -148,9 +154,10 @@ class ImageMetrics:
             _, labels = read_real(m, self.n_real, self.seed)
             self._share = torch.bincount(labels, minlength=max(m.classes) + 1).double() / len(labels)
 
-    def extract(self, fake: torch.Tensor) -> dict[str, np.ndarray]:
-        """Generated images (N, C, R, R) in [-1, 1] -> per-image features and predicted classes,
-        as far as the chosen metrics need them."""
+    def extract(self, fake: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """Generated images (N, C, R, R) in [-1, 1] (and the classes a conditional G drew them
+        for) -> per-image features, predicted classes, and the labelled images themselves, as
+        far as the chosen metrics need them."""
         m = self.manifest
         if fake.dim() != 4 or tuple(fake.shape[1:]) != (m.channels, m.resolution, m.resolution):
             raise GantryError(f"generated images are {tuple(fake.shape[1:])}, the shard set holds "
@@ -161,6 +168,12 @@ class ImageMetrics:
             out["features"] = self.extractor(fake).numpy()
         if "coverage" in self.metrics:
             out["predicted"] = self.classifier.predict(fake).numpy()
+        if LABELLED & set(self.metrics):
+            if labels is None:
+                raise GantryError(f"{' and '.join(sorted(LABELLED & set(self.metrics)))} need a class-conditional "
+                                  f"model (model.conditional: true)")
+            out["labelled"] = ((fake + 1) * 127.5).round().to(torch.uint8).numpy()
+            out["labels"] = labels.cpu().numpy().astype(np.int64)
         return out
 
     def score_extracted(self, parts: dict[str, np.ndarray]) -> dict[str, float]:
@@ -178,8 +191,15 @@ class ImageMetrics:
                 out[f"precision_{space}"], out[f"recall_{space}"] = pr["precision"], pr["recall"]
         if "predicted" in parts:
             out.update(clf.class_coverage(torch.from_numpy(parts["predicted"]), self._share))
+        if "labelled" in parts:
+            fake = torch.from_numpy(parts["labelled"]).float() / 127.5 - 1
+            out.update(synthetic_data_scores(
+                self.manifest, lambda n, heldout=False: read_real(self.manifest, n, self.seed, heldout), fake,
+                torch.from_numpy(parts["labels"]), self.metrics, self.classifier_steps, self.seed, self.cache_dir,
+                self.key))
         return out
 
-    def score(self, fake: torch.Tensor) -> dict[str, float]:
-        """Generated images (N, C, R, R) in [-1, 1] -> the chosen metrics."""
-        return self.score_extracted(self.extract(fake))
+    def score(self, fake: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """Generated images (N, C, R, R) in [-1, 1] (with a conditional G's labels) -> the
+        chosen metrics."""
+        return self.score_extracted(self.extract(fake, labels))
