@@ -35,6 +35,23 @@ class LabelEmbedding(nn.Module):
         return self.table(labels_for(c, z, self.classes))
 
 
+class ClassBatchNorm2d(nn.Module):
+    """G's side in DCGAN: batch norm whose gain and bias are looked up per class (conditional
+    batch norm, as in SNGAN's and BigGAN's generators). The class modulates every layer while z
+    stays G's only input."""
+
+    def __init__(self, classes: int, channels: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.embed_gain = nn.Embedding(classes, channels)
+        self.embed_bias = nn.Embedding(classes, channels)
+        nn.init.ones_(self.embed_gain.weight)  # starts as plain batch norm
+        nn.init.zeros_(self.embed_bias.weight)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) * self.embed_gain(c)[:, :, None, None] + self.embed_bias(c)[:, :, None, None]
+
+
 class Projection(nn.Module):
     """D's side: logit += <embed(c), phi(x)>, with phi(x) D's last features (B, dim)."""
 

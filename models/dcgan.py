@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from models.conditional import LabelEmbedding, Projection
+from models.conditional import ClassBatchNorm2d, Projection, labels_for
 
 
 def _check_resolution(resolution: int) -> int:
@@ -17,28 +17,33 @@ def _check_resolution(resolution: int) -> int:
 
 
 class DCGANGenerator(nn.Module):
-    """z (B, z_dim) [, labels (B,)] -> images (B, channels, R, R) in [-1, 1]. A label's
-    embedding is concatenated with z."""
+    """z (B, z_dim) [, labels (B,)] -> images (B, channels, R, R) in [-1, 1]. Conditional:
+    every batch norm takes its gain and bias from the label."""
 
     def __init__(self, z_dim: int, resolution: int = 64, channels: int = 3, width: int = 64, classes: int = 0):
         super().__init__()
-        self.z_dim = z_dim
+        self.z_dim, self.classes = z_dim, classes
+        # A label embedding concatenated with z was tried first: G learned to ignore z and drew
+        # one image per class (pixel std across z 0.006 against 0.26 across classes, MNIST,
+        # 90 kimg, with or without a spectrally normalised projection in D).
+        norm = (lambda ch: ClassBatchNorm2d(classes, ch)) if classes else nn.BatchNorm2d
         stages = _check_resolution(resolution)
         c = width * 2 ** (stages - 1)
-        z_in = z_dim * (2 if classes else 1)
-        layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_in, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(z_dim, c, 4, 1, 0, bias=False), norm(c), nn.ReLU(True)]
         for _ in range(stages - 1):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), norm(c // 2), nn.ReLU(True)]
             c //= 2
         layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
-        self.embed = LabelEmbedding(classes, z_dim) if classes else None
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        if self.embed is not None:
-            z = torch.cat([z, self.embed(c, z)], 1)
-        return self.net(z[:, :, None, None])
+        h = z[:, :, None, None]
+        if not self.classes:
+            return self.net(h)
+        labels = labels_for(c, z, self.classes)
+        for layer in self.net:
+            h = layer(h, labels) if isinstance(layer, ClassBatchNorm2d) else layer(h)
+        return h
 
 
 class DCGANDiscriminator(nn.Module):

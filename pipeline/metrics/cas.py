@@ -20,7 +20,7 @@ import torch
 
 from pipeline import storage
 from pipeline.errors import GantryError
-from pipeline.metrics.classifier import accuracy, fit_classifier
+from pipeline.metrics.classifier import VERSION, accuracy, fit_classifier
 from pipeline.shards.manifest import Manifest
 
 AUG_REAL = 1000  # real images in aug_gain's small subset
@@ -39,7 +39,7 @@ def synthetic_data_scores(m: Manifest, read_real, fake: torch.Tensor, labels: to
         return accuracy(fit_classifier(x, y, classes, steps, seed=seed), test_x, test_y)
 
     def real_only(n: int) -> float:
-        url = storage.join(cache_dir, f"real-accuracy-{key}-n{n}-s{seed}-steps{steps}.json")
+        url = storage.join(cache_dir, f"real-accuracy-v{VERSION}-{key}-n{n}-s{seed}-steps{steps}.json")
         if storage.exists(url):
             return json.loads(storage.read_bytes(url))["accuracy"]
         value = trained_on(*read_real(n))

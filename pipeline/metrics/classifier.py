@@ -1,10 +1,10 @@
 """A small domain classifier: fast CPU features for a Fréchet distance, and class coverage.
 
-Trained once per labelled shard set (a 3-layer strided CNN: seconds on a CPU) and cached as
-safetensors + JSON under a key the caller derives from the data, so every later evaluation
-only loads it. Its 64-d embedding (before the last linear layer) stands in for Inception
-features when those are too slow; its predictions on generated images tell how many classes
-G produces.
+Trained once per labelled shard set (three max-pooled convolutions: under a minute on one CPU
+thread) and cached as safetensors + JSON under a key the caller derives from the data, so every
+later evaluation only loads it. Its convolutional features (the 2x2 max-pooled last map, 256-d)
+stand in for Inception features when those are too slow; its predictions on generated images tell how many
+classes G produces and whether a conditional G draws the class it was asked for.
 """
 from __future__ import annotations
 
@@ -21,18 +21,27 @@ from pipeline import storage
 from pipeline.errors import GantryError
 
 WIDTH = 16
+EMBED = 64
+# Part of every cache name: a new architecture or recipe must not load the old weights, nor the
+# real features and accuracies computed with them.
+VERSION = 2
 
 
 class DomainClassifier(nn.Module):
     def __init__(self, channels: int, classes: int, width: int = WIDTH):
         super().__init__()
-        # Strided from the first layer: ~80 MFLOP per 32x32 batch of 128, so it trains on a CPU.
+        # v1 (strided convolutions, global average pooling) reached 95.0 % on MNIST's test set
+        # with classes as low as 93 %: too weak to tell whether a conditional G draws the digit it
+        # was asked for. Max pooling and a flattened 2x2 map give 99.1 % (every class >= 98.3 %)
+        # after the default 1,500 steps, at ~3x the cost, paid once per shard set. The features
+        # are taken before the 64-d bottleneck: in it, uniform noise lands among the digits
+        # (precision 0.95 against real MNIST, where the conv features give under 0.1).
         self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(4 * width, classes)
+            nn.Conv2d(channels, width, 3, padding=1), nn.LeakyReLU(0.2), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.LeakyReLU(0.2), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.LeakyReLU(0.2), nn.AdaptiveMaxPool2d(2),
+            nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(16 * width, EMBED), nn.LeakyReLU(0.2), nn.Linear(EMBED, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -91,7 +100,7 @@ class ClassifierFeatures:
 
     def __init__(self, net: DomainClassifier, name: str, accuracy: float):
         self.net, self.name, self.accuracy = net.eval().requires_grad_(False), name, accuracy
-        self.dim = net.head.in_features
+        self.dim = net.head[0].in_features
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
@@ -109,13 +118,14 @@ def load_or_train(cache_dir: str | Path, key: str, data: Callable[[], tuple[torc
 
     `key` must change whenever the data or the training recipe does; the caller builds it.
     """
-    base = storage.join(str(cache_dir), f"classifier-{key}")
+    name = f"classifier-v{VERSION}-{key}"
+    base = storage.join(str(cache_dir), name)
     weights, meta_path = f"{base}.safetensors", f"{base}.json"
     if storage.exists(meta_path):  # written last: the entry is whole
         meta = json.loads(storage.read_bytes(meta_path))
         net = DomainClassifier(meta["channels"], meta["classes"], meta["width"])
         net.load_state_dict(load(storage.read_bytes(weights)))
-        return ClassifierFeatures(net, f"classifier-{key}", meta["accuracy"])
+        return ClassifierFeatures(net, name, meta["accuracy"])
     images, labels = data()
     net, accuracy = train_classifier(images, labels, classes, steps=steps, seed=seed)
     # Weights first, meta last, each written whole: a reader never sees half a cache entry.
@@ -123,7 +133,7 @@ def load_or_train(cache_dir: str | Path, key: str, data: Callable[[], tuple[torc
     meta = {"channels": images.shape[1], "classes": classes, "width": WIDTH, "accuracy": accuracy,
             "steps": steps, "seed": seed, "trained_on": len(images)}
     storage.write_bytes(meta_path, json.dumps(meta, indent=1).encode())
-    return ClassifierFeatures(net, f"classifier-{key}", accuracy)
+    return ClassifierFeatures(net, name, accuracy)
 
 
 def class_coverage(predicted: torch.Tensor, real_share: torch.Tensor, min_ratio: float = 0.5) -> dict[str, float]:
@@ -139,3 +149,10 @@ def class_coverage(predicted: torch.Tensor, real_share: torch.Tensor, min_ratio:
     covered = int(((fake_share >= min_ratio * real_share) & (real_share > 0)).sum())
     return {"classes_covered": float(covered), "classes_total": float(int((real_share > 0).sum())),
             "class_tv": 0.5 * (fake_share - real_share).abs().sum().item()}
+
+
+def class_match(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """How often a conditional G draws the class it was asked for, as the classifier sees it:
+    per asked-for class, the share of its images predicted as that class; mean and worst."""
+    shares = torch.stack([(predicted[labels == k] == k).double().mean() for k in labels.unique()])
+    return {"class_match": shares.mean().item(), "class_match_min": shares.min().item()}

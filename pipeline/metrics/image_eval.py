@@ -6,7 +6,9 @@
 Feature space: "inception" (TF Inception pool3: the FID of papers, ~0.3-0.5 s per image on
 a CPU) or "classifier" (the domain classifier's embedding: a fast proxy, comparable only
 with itself). Keys name the space: fid_inception, kid_classifier, precision_classifier, ...
-"coverage" always uses the classifier's predictions: classes_covered, classes_total, class_tv.
+"coverage" always uses the classifier's predictions: classes_covered, classes_total, class_tv, and
+for a conditional G class_match / class_match_min (share of images drawn for class K that the
+classifier calls K: mean and worst class).
 "cas" and "aug_gain" (conditional models: pipeline/metrics/cas.py) train the classifier's recipe
 on the labelled generated images and test it on the shard set's held-out split.
 
@@ -173,6 +175,7 @@ class ImageMetrics:
                 raise GantryError(f"{' and '.join(sorted(LABELLED & set(self.metrics)))} need a class-conditional "
                                   f"model (model.conditional: true)")
             out["labelled"] = ((fake + 1) * 127.5).round().to(torch.uint8).numpy()
+        if labels is not None:
             out["labels"] = labels.cpu().numpy().astype(np.int64)
         return out
 
@@ -191,6 +194,8 @@ class ImageMetrics:
                 out[f"precision_{space}"], out[f"recall_{space}"] = pr["precision"], pr["recall"]
         if "predicted" in parts:
             out.update(clf.class_coverage(torch.from_numpy(parts["predicted"]), self._share))
+            if "labels" in parts:
+                out.update(clf.class_match(torch.from_numpy(parts["predicted"]), torch.from_numpy(parts["labels"])))
         if "labelled" in parts:
             fake = torch.from_numpy(parts["labelled"]).float() / 127.5 - 1
             out.update(synthetic_data_scores(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def test_shards_runs_and_checkpoints_on_s3(s3, tmp_path):
     assert gantry("shards", "verify", data, cwd=work).returncode == 0
 
     common = ["configs/mnist-dcgan.yaml".replace("configs", str(REPO / "configs")), f"data.path={data}",
-              f"train.out_dir={runs}", "train.checkpoint_kimg=0.256", *SMALL]
+              f"train.out_dir={runs}", "train.checkpoint_kimg=0.256", "model.conditional=true", *SMALL]
     r = gantry("train", *common, "train.kimg=0.512", "train.eval_kimg=0.512", cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
     run = f"{runs}/mnist-dcgan"
@@ -63,6 +64,15 @@ def test_shards_runs_and_checkpoints_on_s3(s3, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from s3://gantry-runs/runs/mnist-dcgan/checkpoints/ckpt-000000016 at kimg 0.51" in r.stdout
     assert checkpoint.read_meta(checkpoint.latest_checkpoint(f"{run}/checkpoints"))["step"] == 24
+
+    # labelled synthetic shards from the bucket's checkpoint into the bucket, readable from there
+    synthetic = f"{bucket}/synthetic"
+    r = gantry("export", f"{run}/checkpoints", synthetic, "--n", "5", "--per-class", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert gantry("shards", "verify", synthetic, cwd=work).returncode == 0
+    manifest = json.loads(storage.read_bytes(f"{synthetic}/manifest.json"))
+    assert manifest["samples"] == 50 and len(manifest["classes"]) == 10
+    assert sorted(storage.list_names(synthetic)) == sorted([s["url"] for s in manifest["shards"]] + ["manifest.json"])
     assert _local_files(work) == []  # everything went to the bucket
 
 

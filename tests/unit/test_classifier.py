@@ -3,7 +3,7 @@ import torch
 
 from mnist_helpers import CLASSIFIER_STEPS, mnist_metrics_cache, mnist_shards
 from pipeline.errors import GantryError
-from pipeline.metrics.classifier import class_coverage, load_or_train, train_classifier
+from pipeline.metrics.classifier import class_coverage, class_match, load_or_train, train_classifier
 from pipeline.metrics.image_eval import data_key, read_real
 from pipeline.shards import load_manifest
 
@@ -30,7 +30,7 @@ def test_cache_round_trip_gives_identical_outputs(tmp_path):
     first = load_or_train(tmp_path, "toy", lambda: (images, labels), classes=3, steps=60)
     second = load_or_train(tmp_path, "toy", _fail, classes=3, steps=60)
     assert torch.equal(first(images), second(images)) and second.accuracy == first.accuracy
-    assert {p.name for p in tmp_path.iterdir()} == {"classifier-toy.safetensors", "classifier-toy.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {"classifier-v2-toy.safetensors", "classifier-v2-toy.json"}
 
 
 def test_single_class_sets_cannot_train_a_classifier():
@@ -47,3 +47,13 @@ def test_class_coverage():
     # A class at a tenth of its real share is not covered (threshold: half of it).
     thin = torch.cat([torch.zeros(130), torch.ones(130), torch.full((130,), 2), torch.full((10,), 3)]).long()
     assert class_coverage(thin, share)["classes_covered"] == 3
+
+
+def test_class_match_is_per_asked_for_class():
+    asked = torch.arange(300) % 3
+    assert class_match(asked.clone(), asked) == {"class_match": 1.0, "class_match_min": 1.0}
+    # Class 2's images come out as class 0 half of the time: the worst class shows it.
+    predicted = asked.clone()
+    predicted[(asked == 2).nonzero().squeeze(1)[::2]] = 0
+    got = class_match(predicted, asked)
+    assert got["class_match_min"] == pytest.approx(0.5) and got["class_match"] == pytest.approx(2.5 / 3)

@@ -6,8 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models.augment import Augment
 from pipeline.config import ConfigError, from_dict
-from pipeline.worker import build_networks, with_classes
+from pipeline.evaluation import no_evaluation
+from pipeline.phases import build_phases
+from pipeline.precision import choose_precision
+from pipeline.strategy.single import SingleStrategy
+from pipeline.tracking import Tracker
+from pipeline.trainer import Trainer
+from pipeline.worker import build_networks, make_networks, with_classes
 
 K = 4
 IMAGES = {"source": "shards", "path": "shards/"}
@@ -32,6 +39,11 @@ def test_generator_draws_the_class_it_is_given(arch):
     G, _ = nets(arch, K)
     z = torch.randn(1, 16).repeat(K, 1)  # one latent, every class
     with torch.no_grad():
+        # DCGAN's per-class batch norm starts as plain batch norm (every class alike until
+        # training moves it), so its label tables are drawn as training might leave them.
+        for name, p in G.named_parameters():
+            if "embed_" in name:
+                p.normal_(float(name.endswith("gain.weight")), 0.2)
         out = G(z, torch.arange(K))
     for a in range(K):
         for b in range(a + 1, K):
@@ -76,3 +88,43 @@ def test_class_count_comes_from_the_data():
         with_classes(cfg, ["cats"], "shards/")
     with pytest.raises(ConfigError, match="model.classes is 3 but shards/ has 10 classes"):
         with_classes(from_dict({"model": {"conditional": True, "classes": 3}}), [str(k) for k in range(10)], "shards/")
+
+
+class _LabelledImages:
+    """Class k is a flat image of brightness k, with a little noise."""
+
+    def __init__(self, resolution: int):
+        self.resolution, self.gen = resolution, torch.Generator().manual_seed(0)
+
+    def __next__(self):
+        y = torch.randint(K, (8,), generator=self.gen)
+        r = self.resolution
+        x = (y.float() / (K - 1) * 2 - 1).view(-1, 1, 1, 1).expand(-1, 1, r, r)
+        return x + 0.05 * torch.randn(8, 1, r, r, generator=self.gen), y
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet", "stylegan2"])
+def test_every_image_family_trains_its_label_parts_with_r1_augmentation_and_ema(tmp_path, arch):
+    cfg = from_dict({"model": {"arch": arch, "z_dim": 16, "conditional": True, "classes": K, **ARCHS[arch]},
+                     "loss": {"kind": "logistic", "r1_gamma": 1.0, "r1_interval": 2},
+                     "augment": {"kind": "diffaugment", "policy": "translation,cutout"},
+                     "train": {"batch": 8, "precision": "fp32", "ema_kimg": 0.01},
+                     "data": IMAGES, "tracking": {"enabled": False}})
+    strategy = SingleStrategy(torch.device("cpu"))
+    precision = choose_precision(cfg.train, strategy.device, image_model=True)
+    torch.manual_seed(0)
+    G_ema = make_networks(cfg, strategy, precision, channels=1)
+    augment = Augment("diffaugment", "translation,cutout")
+    phases = build_phases(cfg, augment, precision, reduce=strategy.all_reduce_mean)
+    assert "D_r1" in [p.name for p in phases]
+    trainer = Trainer(cfg, strategy, G_ema, phases, _LabelledImages(ARCHS[arch]["resolution"]), precision,
+                      augment, Tracker(), no_evaluation, None, tmp_path, channels=1)
+    nets = {"G": strategy.module("G"), "D": strategy.module("D"), "G_ema": G_ema}
+    label_parts = {(n, k): v.detach().clone() for n, net in nets.items()
+                   for k, v in net.state_dict().items() if "embed" in k or "project" in k}
+    assert {n for n, _ in label_parts} == {"G", "D", "G_ema"}
+    for _ in range(4):
+        trainer.train_step()
+    for (n, k), before in label_parts.items():
+        after = nets[n].state_dict()[k]
+        assert torch.isfinite(after).all() and not torch.equal(after, before), (n, k)

@@ -97,6 +97,10 @@ def test_image_metrics_on_real_and_noise_with_cached_statistics(mnist_features, 
     assert real["fid_classifier"] * 20 < noise["fid_classifier"]
     assert real["precision_classifier"] > 0.6 and noise["precision_classifier"] < 0.1
     assert real["classes_covered"] == 10 == real["classes_total"] and real["class_tv"] < 0.1
+    assert "class_match" not in real  # an unconditional G asks for no class
+    asked = metrics.score(images[-2000:], labels[-2000:])
+    assert asked["class_match_min"] > 0.7 and asked["class_match"] > 0.85
+    assert metrics.score(images[-2000:], labels[-2000:].roll(1))["class_match"] < 0.3
     ones = metrics.score(images[labels == 1][:500])
     assert ones["classes_covered"] == 1 and ones["class_tv"] > 0.8
     cached = list(cache.glob("real-*-n3000-*.npy"))
