@@ -129,9 +129,9 @@ def _worker(rank: int, world_size: int, port: int, kind: str, stage: int, condit
 
 
 @pytest.mark.slow
-# ddp runs the class-conditional pair (its label terms ride the same all-reduce), DeepSpeed the
-# unconditional one: one spawn each, as the suite's time allows.
-@pytest.mark.parametrize("kind,stage,conditional", [("ddp", 0, True), ("deepspeed", 0, False), ("deepspeed", 2, False)])
+# ddp and ZeRO-2 run the class-conditional pair (its label terms ride the same all-reduce and
+# partitions), ZeRO-0 the unconditional one: one spawn each, as the suite's time allows.
+@pytest.mark.parametrize("kind,stage,conditional", [("ddp", 0, True), ("deepspeed", 0, False), ("deepspeed", 2, True)])
 def test_two_workers_equal_one_worker_with_twice_the_batch(tmp_path, kind, stage, conditional):
     from pipeline.strategy.single import SingleStrategy
 
