@@ -2,7 +2,7 @@
 
 The driver (this process)
   - joins a Ray cluster (`address`, else RAY_ADDRESS) or starts an embedded one sized to this
-    machine;
+    machine, lean and idle-class so that it does not slow the trainer (launch/embedded_ray.py);
   - refuses a local run dir or data path on a cluster of several nodes: no node reads another's
     disk, so they must be on an object store (s3://, gs://; data also http(s)://);
   - hands every worker the manifest location, seed and world size: each rank computes its share
@@ -24,6 +24,7 @@ import os
 import signal
 import time
 
+from launch import embedded_ray
 from pipeline.config import RunConfig
 from pipeline.errors import GantryError
 
@@ -39,6 +40,7 @@ def _worker_loop(config: dict) -> None:
     from pipeline.config import from_dict
     from pipeline.worker import train_worker
 
+    embedded_ray.foreground()
     torch.set_num_threads(_threads_here())
     cfg = from_dict(config["cfg"], "<ray driver>")
     rank = ray.train.get_context().get_world_rank()
@@ -121,39 +123,20 @@ def _ray_storage(run_dir: str):
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def _quiet_placement_group_cleaner() -> None:
-    """Runs in every Ray worker process of an embedded cluster. Without the dashboard there is
-    no State API, so Ray Train's placement-group cleaner cannot do its job and warns about it
-    every two seconds for the whole run."""
-    import logging
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-
-
 # Ray Train's print patch sends every print of a worker through the root logger as well, so
 # each console line would reach the driver twice (stdout and stderr); gantry's lines are meant
 # to be printed once (see launch/console.py).
 RAY_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-# Why a Ray worker trains slower than the local launcher, measured on 2 cores: not its threads
-# (OMP_NUM_THREADS=1, which Ray sets, is overridden by `_threads_here`), nor its niceness (15;
-# 0 changed nothing), nor running in a thread: the same bare D/G loop is ~10 % slower inside a
-# worker, and a plain process slows by ~25 % while an idle embedded Ray with one Ray Train run
-# sits beside it. Ray's dozen processes (raylet, GCS, agents, Ray Train's controller and its
-# helper actors) each wake up on timers; every wake-up preempts one of the step's OpenMP
-# threads and the other spins at the barrier. An embedded Ray drops the wake-ups nothing
-# consumes: task events (flushed every second by every process, for a dashboard it does not
-# run) and the preemption watcher (a laptop is not a spot instance).
-EMBEDDED_SYSTEM_CONFIG = {"task_events_report_interval_ms": 0}
-EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def _connect(address: str | None, workers: int) -> bool:
-    """Join or start Ray; True when this call started it (and so must shut it down)."""
+    """Join the cluster at `address` or start an embedded one; True when this call connected
+    (and so must shut down)."""
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    for k, v in RAY_TRAIN_ENV.items() if address else {**RAY_TRAIN_ENV, **EMBEDDED_TRAIN_ENV}.items():
+    for k, v in RAY_TRAIN_ENV.items() if address else {**RAY_TRAIN_ENV, **embedded_ray.TRAIN_ENV}.items():
         os.environ.setdefault(k, v)  # read by Ray Train's controller, which passes them to workers
     # ray.init replaces the driver's SIGTERM handler with sys.exit(15); gantry's own (see
     # launch/cli.py) stops training the way Ctrl-C does and exits 143, so it is put back.
@@ -161,9 +144,7 @@ def _connect(address: str | None, workers: int) -> bool:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False,
-                 object_store_memory=512 * 2**20, _system_config=EMBEDDED_SYSTEM_CONFIG,
-                 runtime_env={"worker_process_setup_hook": _quiet_placement_group_cleaner})
+        embedded_ray.start(num_cpus=max(os.cpu_count() or 1, workers))
     if sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
     return True
@@ -187,6 +168,7 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
         from pipeline.shards.manifest import load_manifest
         from pipeline.shards.plan import plan_shards
         plan_shards(load_manifest(cfg.data.path), 0, cfg.seed, cfg.workers)
+    address = address or os.environ.get("RAY_ADDRESS")
     started = _connect(address, cfg.workers)
     try:
         _refuse_local_paths_on_a_cluster(cfg)
@@ -198,7 +180,8 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
     gpu = ray.cluster_resources().get("GPU", 0) >= 1
     storage_path, storage_filesystem = _ray_storage(run_dir_for(cfg))
     launched = time.time()
-    trainer = TorchTrainer(
+    trainer_class = embedded_ray.trainer_class() if started and not address else TorchTrainer
+    trainer = trainer_class(
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "resume": resume, "tracking_run_id": tracking_run_id,
                            "launched": launched},

@@ -17,6 +17,7 @@ import torch
 
 from models.augment import Augment
 from pipeline import checkpoint, console, storage
+from pipeline.allocator import keep_freed_memory
 from pipeline.config import ConfigError, OptimConfig, RunConfig, to_yaml, with_overrides
 from pipeline.errors import GantryError
 from pipeline.evaluation import ImageEvaluator, MixtureEvaluator, no_evaluation
@@ -191,6 +192,7 @@ def train_worker(cfg: RunConfig, resume: str | None = None, on_checkpoint=None,
     `tracking_run_id`: log into this existing MLflow run (its params and tags are logged
     here) instead of the resumed checkpoint's run or a new one."""
     console.show_warnings()
+    keep_freed_memory()
     if cfg.is_toy:
         # The toy MLP's matmuls are too small to split: one thread is faster (measured ~2x on
         # two cores) and does not collapse when another process competes for the cores.

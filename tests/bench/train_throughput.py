@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from models.losses import d_loss, g_loss
+from pipeline.allocator import keep_freed_memory
 from pipeline.worker import build_networks, build_optimizer
 from pipeline.config import load_config
 from pipeline.precision import choose_precision
@@ -56,6 +57,7 @@ def bare(shards: Path, width: int, batch: int, precision: str, windows: int, win
     cfg = load_config(CONFIG, overrides(shards, width, batch) + [f"train.precision={precision}",
                                                                   f"train.channels_last={channels_last}"])
     prec = choose_precision(cfg.train, torch.device("cpu"), image_model=True)
+    keep_freed_memory()  # as train_worker does: the math, not the allocator, is the reference
     fmt = torch.channels_last if prec.channels_last else torch.contiguous_format
     torch.manual_seed(0)
     G, D = (net.to(memory_format=fmt) for net in build_networks(cfg, channels=1))

@@ -1,0 +1,99 @@
+"""The Ray cluster gantry starts on this machine when no address is given, and why it is lean.
+
+Why a Ray worker trained ~8 % slower than the local launcher here (2 cores, DCGAN-64): not
+its threads (`ray_train._threads_here` overrides the OMP_NUM_THREADS=1 Ray sets), nor its
+allocator or environment. Measured by stopping processes mid-run (SIGSTOP/SIGCONT every 14 s,
+windows paired in time): with every other Ray process stopped the same worker ran 25 % faster;
+stopping only Ray Train's helper actors gave 13 %, only the daemons (raylet, GCS, agents, log
+monitor) 10 %, only the driver nothing. Every Ray worker process wakes its main thread every
+10 ms (the core worker's signal check, fixed in Ray's C++), and each daemon polls on its own
+timers: ~1 % of a core per process, and each wake-up preempts one of the step's two OpenMP
+threads while the other waits at the next barrier, so the step loses about twice that.
+
+So an embedded cluster
+  - starts fewer processes: no prestarted idle workers, no Ray Data dataset manager (gantry
+    streams shards itself) and no placement-group cleaner (the cluster dies with the driver),
+    no task events or metrics for a dashboard it does not run, no preemption watcher;
+  - runs what is left at SCHED_IDLE, where the OS allows it to raise the trainer back:
+    processes the driver starts inherit its scheduling class, so Ray is started from an
+    idle-class thread, and `foreground()` puts each training worker (and the driver) back to
+    normal (at the nice level Ray gives workers). Ray's wake-ups then wait for a free core instead of preempting a training thread;
+    they still run whenever the trainer waits (data, collectives, checkpoints), and on a
+    saturated core they get a small share, not none, so Ray's own health checks keep passing.
+A cluster gantry joins (an address) is left as its operator configured it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+# Read by Ray Train's controller in the driver, which hands them to its workers.
+TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
+SYSTEM_CONFIG = {"task_events_report_interval_ms": 0, "enable_metrics_collection": False,
+                 "prestart_worker_first_driver": False, "enable_worker_prestart": False}
+
+
+def start(num_cpus: int) -> None:
+    import ray
+
+    with _new_processes_idle():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=512 * 2**20,
+                 _system_config=SYSTEM_CONFIG)
+
+
+def trainer_class():
+    """TorchTrainer without the callbacks whose actors an embedded run has no use for."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, (DatasetsCallback, PlacementGroupCleanerCallback))]
+
+    return LeanTorchTrainer
+
+
+def foreground() -> None:
+    """Every thread of this process back to the normal class if `start` made it idle-class
+    (a thread's class is its own; threads born later inherit their creator's)."""
+    if os.sched_getscheduler(0) != os.SCHED_IDLE:
+        return
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+
+
+@contextlib.contextmanager
+def _new_processes_idle():
+    if not _can_leave_idle():
+        yield
+        return
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    try:
+        yield
+    finally:
+        foreground()  # ray.init's own threads in this process were born idle-class too
+
+
+def _can_leave_idle() -> bool:
+    """Leaving SCHED_IDLE needs CAP_SYS_NICE or a RLIMIT_NICE that allows it (a container
+    usually has neither): tried on a throwaway thread, never on one that matters."""
+    if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
+        return False
+    ok = []
+
+    def probe():
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return bool(ok)

@@ -1,0 +1,70 @@
+"""The embedded Ray cluster stays out of the trainer's way (launch/embedded_ray.py): its
+processes run idle-class where the OS lets a trainer leave that class again, a training worker
+and the driver run normally, and Ray Train starts none of the actors an embedded run has no use
+for."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from launch import embedded_ray
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROBE = r"""
+import json, os, psutil, ray
+from launch import embedded_ray
+
+def classes(pid=None):
+    tids = os.listdir(f"/proc/{pid or 'self'}/task")
+    return sorted({os.sched_getscheduler(int(t)) for t in tids})
+
+embedded_ray.start(num_cpus=1)
+
+@ray.remote(num_cpus=0)
+def worker(foreground):
+    if foreground:
+        embedded_ray.foreground()
+    return os.getpid(), classes()
+
+started = {p.pid: p.name() for p in psutil.Process().children(recursive=True)}
+as_started, as_trainer = ray.get(worker.remote(False)), ray.get(worker.remote(True))
+out = {"driver": classes(), "ray": {name: classes(pid) for pid, name in started.items() if psutil.pid_exists(pid)},
+       "worker": as_started, "trainer": as_trainer}
+ray.shutdown()
+print(json.dumps(out))
+"""
+
+
+def test_ray_runs_idle_class_and_the_trainer_normally():
+    r = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    (pid, before), (same_pid, after) = out["worker"], out["trainer"]
+    assert pid == same_pid  # one worker process, before and after it called foreground()
+    assert out["driver"] == [os.SCHED_OTHER], "the driver must not stay idle-class"
+    assert after == [os.SCHED_OTHER], "a training worker runs every thread normally"
+    assert {"raylet", "gcs_server"} <= set(out["ray"]), out["ray"]
+    if embedded_ray._can_leave_idle():
+        assert all(c == [os.SCHED_IDLE] for c in out["ray"].values()), out["ray"]
+        assert before == [os.SCHED_IDLE]
+    else:  # no way back from idle-class here: nothing is made idle-class
+        assert all(c == [os.SCHED_OTHER] for c in out["ray"].values()), out["ray"]
+
+
+def test_lean_trainer_drops_only_the_actors_an_embedded_run_does_not_use():
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def names(cls):
+        trainer = cls(lambda: None, scaling_config=ScalingConfig(num_workers=1))
+        return [type(c).__name__ for c in trainer._create_default_callbacks()]
+
+    full, lean = names(TorchTrainer), names(embedded_ray.trainer_class())
+    dropped = {"DatasetsCallback", "PlacementGroupCleanerCallback"}
+    assert dropped <= set(full), f"Ray Train's default callbacks changed: {full}"
+    assert lean == [n for n in full if n not in dropped]
