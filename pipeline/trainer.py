@@ -130,10 +130,14 @@ class Trainer:
                         metrics["skipped_share"], {k: v for k, v in metrics.items() if k.endswith("grad_norm")})):
                     window_nimg = self.nimg
                     continue
-            if self._crossed(t.eval_kimg, before) or done:
+            evaluating = self._crossed(t.eval_kimg, before) or done
+            saving = self._crossed(t.checkpoint_kimg, before) or done
+            if evaluating:
                 self.evaluate()
-            if self._crossed(t.checkpoint_kimg, before) or done:
+            if saving:
                 self.save()
+            if evaluating or saving:  # img/s is the training rate: the next window starts after them
+                window_t, window_nimg = time.perf_counter(), self.nimg
         return self.last_eval
 
     def _show_progress(self, img_per_s: float, total_nimg: int) -> None:

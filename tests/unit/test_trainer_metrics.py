@@ -1,4 +1,7 @@
-"""What the trainer logs about skipped steps: ranks skip together, so the count is the count."""
+"""What the trainer logs: skipped steps (ranks skip together, so the count is the count) and
+img/s (the training rate, which evals and saves do not dilute)."""
+import time
+
 import torch
 
 from models.augment import Augment
@@ -41,3 +44,48 @@ def test_skipped_steps_are_counted_once_whatever_the_world_size(tmp_path):
     assert metrics["D_main/skipped"] == 3  # NaN reals: every D step skipped, 3 steps
     assert metrics["G_main/skipped"] == 0
     assert metrics["skipped_share"] == 0.5
+
+
+class _Points:
+    channels = 2
+
+    def __next__(self):
+        return torch.randn(16, 2), torch.zeros(16, dtype=torch.int64)
+
+    def state_dict(self):  # the final checkpoint records the stream's position
+        return {}
+
+
+class _Rates(Tracker):
+    def __init__(self):
+        self.rates = []
+
+    def log_metrics(self, metrics, step):
+        self.rates.append(metrics["img_per_s"])
+
+
+def test_img_per_s_after_an_eval_is_the_training_rate(tmp_path):
+    """An eval that takes a second every 4 steps: every window of one step still reads at
+    the rate a millisecond step runs at (with the eval inside, a window is over a second)."""
+    cfg = from_dict({"model": {"arch": "mlp", "z_dim": 4, "g_width": 8, "d_width": 8, "depth": 1},
+                     "train": {"batch": 16, "precision": "fp32", "kimg": 0.16, "log_every": 1,
+                               "eval_kimg": 0.064, "checkpoint_kimg": 1},
+                     "tracking": {"enabled": False}})
+    strategy = SingleStrategy(torch.device("cpu"))
+    precision = choose_precision(cfg.train, strategy.device, image_model=False)
+    G_ema = make_networks(cfg, strategy, precision, channels=2)
+    augment = Augment()
+    phases = build_phases(cfg, augment, precision, reduce=strategy.all_reduce_mean)
+    evals = []
+
+    def slow_evaluation(G, step, tracker):
+        evals.append(step)
+        time.sleep(1.0)
+        return {}
+
+    tracker = _Rates()
+    trainer = Trainer(cfg, strategy, G_ema, phases, _Points(), precision, augment, tracker, slow_evaluation,
+                      None, tmp_path, channels=2)
+    trainer.train()
+    assert len(evals) == 3 and len(tracker.rates) == 10  # evals at steps 4, 8 and the last, 10
+    assert min(tracker.rates) > 16 / 0.5, tracker.rates
