@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="shards_command", required=True)
 
     b = sub.add_parser("build", help="write SOURCE as shards into OUT")
-    b.add_argument("source", help="image folder (class sub-folders), .npz/.npy, or mnist|toy-ring|toy-grid")
+    b.add_argument("source", help="image folder (class sub-folders), .npz/.npy, or mnist|toy-ring|toy-grid; with "
+                                  "--pairs a folder with A/ and B/, a folder of side-by-side AB images, or mnist-edges")
     b.add_argument("out", help="output directory (gets <name>-000000.tar … and manifest.json)")
     b.add_argument("--resolution", type=int, required=True, help="image side in pixels")
     b.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
@@ -26,6 +27,10 @@ def register(subparsers) -> None:
     b.add_argument("--name", help="shard file prefix (default: the source's name)")
     b.add_argument("--workers", type=int, help="encoding processes (default: all cores)")
     b.add_argument("--on-error", choices=["fail", "skip"], default="fail", help=ON_ERROR_HELP)
+    b.add_argument("--pairs", action="store_true",
+                   help="paired samples for image-to-image translation: each holds an image A and its target B "
+                        "(files pairing up by path below A/ and B/; the left and right halves of an AB image; "
+                        "mnist-edges: a digit's edge map and the digit), both fitted alike")
     b.add_argument("--heldout", type=float, metavar="FRACTION",
                    help="keep this fraction of the samples (chosen by key) out of training, for tests on real "
                         "data such as CAS (default: none; mnist holds out its own 10,000 test images)")
@@ -55,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
     if args.shards_command == "build":
         m = build_shards(args.source, args.out, args.resolution, shard_size=args.shard_size,
                          filter=args.filter, pad=args.pad, limit=args.limit, name=args.name,
-                         workers=args.workers, on_error=args.on_error, heldout=args.heldout)
+                         workers=args.workers, on_error=args.on_error, heldout=args.heldout, pairs=args.pairs)
     else:
         m = add_shards(args.out, args.source, limit=args.limit, workers=args.workers,
                        on_error=args.on_error)
     size = sum(e.bytes for e in m.shards)
     print(f"{m.root}: {len(m.shards)} shards, {m.samples} samples, {size / 2**20:.1f} MiB, "
-          f"{m.resolution}x{m.resolution}x{m.channels} ({m.transform}), version {m.version}, "
+          f"{m.shape} ({m.transform}), version {m.version}, "
           f"{time.perf_counter() - start:.1f} s")
     print(images_line(m))
     return 0

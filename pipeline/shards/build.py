@@ -32,8 +32,9 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import GantryError
-from pipeline.shards.imaging import encode_png, fit, fit_steps, transform_name
+from pipeline.shards.imaging import PAIR, encode_png, fit, fit_steps, transform_name
 from pipeline.shards.manifest import MANIFEST, Manifest, ShardEntry, load_manifest, sha256_bytes
+from pipeline.shards.pairs import PAIR_BUILTINS, load_pair, load_pair_source
 from pipeline.shards.sources import Source, UnreadableItem, load_item, load_source
 
 ON_ERROR = ("fail", "skip")
@@ -58,19 +59,21 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 class _Encoded(NamedTuple):
-    png: bytes | None          # None: the item does not decode
-    steps: tuple[str, ...]     # what fitting did to it (imaging.fit_steps)
-    why: str = ""              # why it does not decode
+    files: dict[str, bytes] | None  # tar member extension -> PNG; None: the item does not decode
+    steps: tuple[str, ...]          # what fitting did to its images (imaging.fit_steps), image by image
+    why: str = ""                   # why it does not decode
 
 
-def _encode(item, channels: int, resolution: int, transform: str) -> _Encoded:
-    """Read, fit and PNG-encode one item. Runs in a pool worker."""
+def _encode(item, channels: int, channels_a: int | None, resolution: int, transform: str) -> _Encoded:
+    """Read, fit and PNG-encode one item: an image, or the pair (A, B) when CHANNELS_A is
+    given. Runs in a pool worker."""
     try:
-        img = load_item(item, channels)
+        images = (dict(zip(PAIR, load_pair(item, channels_a, channels))) if channels_a
+                  else {"png": load_item(item, channels)})
     except UnreadableItem as e:
         return _Encoded(None, (), str(e))
-    return _Encoded(encode_png(fit(img, resolution, transform)),
-                    fit_steps(img.shape[0], img.shape[1], resolution, transform))
+    steps = [step for img in images.values() for step in fit_steps(*img.shape[:2], resolution, transform)]
+    return _Encoded({ext: encode_png(fit(img, resolution, transform)) for ext, img in images.items()}, tuple(steps))
 
 
 @contextlib.contextmanager
@@ -96,29 +99,33 @@ class _Tally:
 
 
 def _kept(src: Source, labels: np.ndarray, results: Iterable[_Encoded], on_error: str,
-          tally: _Tally) -> Iterator[tuple[int, bytes]]:
-    """(label, png) of every item that decoded, in order; ON_ERROR decides about the others."""
+          tally: _Tally) -> Iterator[tuple[int, dict[str, bytes]]]:
+    """(label, files) of every item that decoded, in order; ON_ERROR decides about the others."""
     for item, label, r in zip(src.items, labels, results):
-        if r.png is not None:
+        if r.files is not None:
             tally.fitted.update(r.steps)
-            yield int(label), r.png
+            yield int(label), r.files
         elif on_error == "skip":
             tally.skipped.append({"file": src.item_name(item), "reason": r.why})
         else:
-            raise GantryError(f"{item}: {r.why}; `--on-error skip` would leave it out")
+            raise GantryError(f"{os.fspath(item)}: {r.why}; `--on-error skip` would leave it out")
 
 
-def _write_shard(path: Path, first: int, samples: list[tuple[int, bytes]], m: Manifest,
+def _write_shard(path: Path, first: int, samples: list[tuple[int, dict[str, bytes]]], m: Manifest,
                  source: str) -> ShardEntry:
-    """One tar of SAMPLES keyed from FIRST on, written and fsynced."""
+    """One tar of SAMPLES keyed from FIRST on, written and fsynced. Shards without a label set
+    (unlabelled pairs) get no `.cls`."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for index, (label, png) in enumerate(samples, first):
+        for index, (label, files) in enumerate(samples, first):
             key = sample_key(index)
-            meta = {"class": m.classes[label], "index": index, "source": source}
-            _add_member(tar, f"{key}.cls", str(label).encode())
+            meta = {"index": index, "source": source}
+            if m.classes:
+                meta["class"] = m.classes[label]
+                _add_member(tar, f"{key}.cls", str(label).encode())
             _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-            _add_member(tar, f"{key}.png", png)
+            for ext, data in files.items():
+                _add_member(tar, f"{key}.{ext}", data)
     data = buf.getvalue()
     with open(path, "wb") as f:
         f.write(data)
@@ -131,7 +138,7 @@ def _stage(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on
            staging: Path, tally: _Tally, heldout: bool = False) -> list[ShardEntry]:
     """Write SRC's decodable items as the shards that follow M's (or its held-out ones), into
     STAGING."""
-    encode = functools.partial(_encode, channels=m.channels, resolution=m.resolution,
+    encode = functools.partial(_encode, channels=m.channels, channels_a=m.channels_a, resolution=m.resolution,
                                transform=m.transform)
     workers = max(1, min(workers or os.cpu_count() or 1, math.ceil(len(src) / m.shard_size)))
     with _ordered_map(workers) as ordered_map:
@@ -144,9 +151,9 @@ def _stage(m: Manifest, src: Source, labels: np.ndarray, workers: int | None, on
     return entries
 
 
-def _pack(m: Manifest, samples: Iterator[tuple[int, bytes]], source: str, staging: Path,
+def _pack(m: Manifest, samples: Iterator[tuple[int, dict[str, bytes]]], source: str, staging: Path,
           heldout: bool = False) -> list[ShardEntry]:
-    """(label, png) samples as the shards that follow M's (or its held-out ones: their own
+    """(label, files) samples as the shards that follow M's (or its held-out ones: their own
     names and keys), into STAGING, one shard in memory at a time."""
     entries: list[ShardEntry] = []
     after = m.heldout if heldout else m.shards
@@ -229,12 +236,14 @@ def _new_dir(out: str):
 def build_shards(source: str, out: str, resolution: int, *, shard_size: int = 1000,
                  filter: str = "box", pad: bool = False, limit: int | None = None,
                  name: str | None = None, workers: int | None = None,
-                 on_error: str = "fail", heldout: float | None = None) -> Manifest:
+                 on_error: str = "fail", heldout: float | None = None, pairs: bool = False) -> Manifest:
     """Write SOURCE as shards into OUT (new or empty of shards) at data version 1.
 
-    on_error: "fail" stops at the first file that does not decode; "skip" leaves such files out
-    and lists them in the manifest's source record. heldout: the fraction of samples kept out
-    of training (MNIST holds out its own test set unless this is given).
+    on_error: "fail" stops at the first file that does not decode (or, with pairs, the first
+    bad pair); "skip" leaves such files out and lists them in the manifest's source record.
+    heldout: the fraction of samples kept out of training (MNIST holds out its own test set
+    unless this is given). pairs: SOURCE is a paired source (pipeline/shards/pairs.py) and each
+    sample holds its A and B.
     """
     _check_on_error(on_error)
     if resolution <= 0 or shard_size <= 0:
@@ -244,13 +253,17 @@ def build_shards(source: str, out: str, resolution: int, *, shard_size: int = 10
     if storage.exists(storage.join(out, MANIFEST)):
         raise GantryError(f"{out} already holds shards; append with `gantry shards add {out} SOURCE`")
     transform = transform_name(pad, filter)
-    src = load_source(source, resolution).head(limit)
+    if source in PAIR_BUILTINS and not pairs:
+        raise GantryError(f"{source} is a paired source: build it with --pairs")
+    src = (load_pair_source(source) if pairs else load_source(source, resolution)).head(limit)
     if heldout is not None:
         src.hold_out(heldout)
     train, held = src.split()
     m = Manifest(name=name or src.name, version=1, resolution=resolution, channels=src.channels,
                  transform=transform, shard_size=shard_size, classes=dict(src.classes),
                  sources=[], shards=[], heldout_rule=src.heldout_rule if held else "", root=out)
+    if pairs:
+        m.task, m.channels_a, m.channels_b = "pairs", src.channels_a, src.channels
     with _new_dir(out):
         _write(m, train, train.labels, workers, on_error, held)
     return m
@@ -267,6 +280,9 @@ def add_shards(out: str, source: str, *, limit: int | None = None,
     _check_on_error(on_error)
     storage.check(str(out), write=True)
     m = load_manifest(out)
+    if m.task != "images":
+        raise GantryError(f"{out} holds {m.task}; `gantry shards add` appends images only (build a new "
+                          f"directory with `gantry shards build SOURCE OUT --pairs`)")
     src = load_source(source, m.resolution).head(limit)
     if src.channels != m.channels and not (src.channels == 1 and m.channels == 3):
         raise GantryError(f"{source} has {src.channels}-channel images, {out} holds {m.channels}-channel shards")
@@ -305,7 +321,7 @@ def build_from_samples(out: str, samples: Iterable[tuple[int, bytes]], *, name: 
                  shard_size=shard_size, classes=classes, sources=[], shards=[], root=out)
     near = storage.local_path(out) if storage.is_local(out) else None
     with _new_dir(out), tempfile.TemporaryDirectory(dir=near, prefix=STAGING) as staging:
-        entries = _pack(m, iter(samples), description, Path(staging))
+        entries = _pack(m, ((label, {"png": png}) for label, png in samples), description, Path(staging))
         if not entries:
             raise GantryError(f"{description}: no samples to write")
         record = {"version": 1, "source": description, "samples": sum(e.samples for e in entries),

@@ -14,6 +14,7 @@ from pipeline.errors import GantryError
 FILTERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
            "lanczos": Image.Resampling.LANCZOS}
 _MODES = {1: "L", 3: "RGB"}
+PAIR = ("a.png", "b.png")   # a paired sample's images, A then B, by their extension in the tar
 
 
 def transform_name(pad: bool, filter: str) -> str:
@@ -92,13 +93,31 @@ def decode_png(data: bytes, resolution: int, channels: int) -> np.ndarray:
 
 def decode_sample(files: dict, resolution: int, channels: int, labels) -> tuple[np.ndarray, int]:
     """A grouped shard sample ({ext: bytes}) -> (image, label). ValueError says why it is unusable."""
-    missing = {"png", "cls"} - files.keys()
+    _require(files, {"png", "cls"})
+    label = _label(files["cls"], labels)
+    return decode_png(files["png"], resolution, channels), label
+
+
+def decode_pair(files: dict, resolution: int, channels_a: int, channels_b: int,
+                labels) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """A grouped paired sample -> (A, B, label), the label None where the shards have no label
+    set (LABELS empty). ValueError says why it is unusable."""
+    _require(files, {*PAIR} | ({"cls"} if labels else set()))
+    label = _label(files["cls"], labels) if labels else None
+    return decode_png(files[PAIR[0]], resolution, channels_a), decode_png(files[PAIR[1]], resolution, channels_b), label
+
+
+def _require(files: dict, names: set[str]) -> None:
+    missing = names - files.keys()
     if missing:
         raise ValueError(f"missing {', '.join(sorted(missing))}")
+
+
+def _label(data: bytes, labels) -> int:
     try:
-        label = int(files["cls"])
+        label = int(data)
     except ValueError:
-        raise ValueError(f"label {files['cls'][:20]!r} is not an integer") from None
+        raise ValueError(f"label {data[:20]!r} is not an integer") from None
     if label not in labels:
         raise ValueError(f"label {label} is not in the manifest's label set")
-    return decode_png(files["png"], resolution, channels), label
+    return label

@@ -10,8 +10,11 @@ from pipeline import storage
 from pipeline.errors import GantryError
 
 MANIFEST = "manifest.json"
-FORMAT = 2  # 2 added the held-out split; format 1 manifests are read as having none
-READABLE = (1, 2)
+# 2 added the held-out split, 3 paired samples (task, channels_a, channels_b); an older
+# manifest is read as having none of what came after it: no held-out split, unpaired images.
+FORMAT = 3
+READABLE = (1, 2, 3)
+TASKS = ("images", "pairs")
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class Manifest:
     name: str                     # shard file prefix
     version: int                  # data version: 1 at build, +1 per `add`
     resolution: int
-    channels: int                 # 1 (L) or 3 (RGB)
+    channels: int                 # 1 (L) or 3 (RGB); for pairs B's, the image a generator draws
     transform: str                # "pad" or "resize:<filter>"
     shard_size: int
     classes: dict[int, str]       # label -> class name
@@ -37,6 +40,12 @@ class Manifest:
     # set, or a fraction chosen by key (`shards build --heldout`); `heldout_rule` says which.
     heldout: list[ShardEntry] = field(default_factory=list)
     heldout_rule: str = ""
+    # "images": a sample is `<key>.png` and `<key>.cls`. "pairs": `<key>.a.png` and `<key>.b.png`
+    # (imaging.PAIR), with `<key>.cls` only when `classes` is not empty; channels_a and channels_b
+    # are the channels of each (None for images).
+    task: str = "images"
+    channels_a: int | None = None
+    channels_b: int | None = None
     root: str = field(default=".", compare=False)   # location (path or URL) the urls are relative to
 
     @property
@@ -51,6 +60,14 @@ class Manifest:
     def class_names(self) -> list[str]:
         """By label: label k is class_names[k] (a label no sample uses is named by its number)."""
         return [self.classes.get(k, str(k)) for k in range(max(self.classes, default=-1) + 1)]
+
+    @property
+    def shape(self) -> str:
+        """A sample's pixels in words: `32x32x3`, or `pairs 32x32x1 -> 32x32x3` (A -> B)."""
+        side = f"{self.resolution}x{self.resolution}"
+        if self.task == "pairs":
+            return f"pairs {side}x{self.channels_a} -> {side}x{self.channels_b}"
+        return f"{side}x{self.channels}"
 
     def path(self, entry: ShardEntry) -> str:
         return storage.join(self.root, entry.url)
@@ -90,6 +107,8 @@ def load_manifest(location: str) -> Manifest:
         d["shards"] = [ShardEntry(**s) for s in d["shards"]]
         d["heldout"] = [ShardEntry(**s) for s in d.get("heldout", [])]
         d["classes"] = {int(k): v for k, v in d["classes"].items()}
+        if d.get("task", "images") not in TASKS:
+            raise ValueError(f"unknown task {d['task']!r}")
         return Manifest(**d, root=storage.parent(url))
     except (ValueError, KeyError, TypeError) as e:
         raise GantryError(f"{url}: not a valid shard manifest ({e})") from None

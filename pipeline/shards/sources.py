@@ -2,9 +2,11 @@
 
 Every source becomes a `Source`: a sequence of items (uint8 (H, W, C) arrays, or image file
 paths read lazily by the build workers), an integer label per item and the class names.
+Paired sources (pipeline/shards/pairs.py) are Sources too, whose items hold two images.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import pickle
@@ -28,13 +30,16 @@ TOY_SAMPLES = 10_000
 class Source:
     name: str                 # shard file prefix
     description: str          # what the manifest records as the origin
-    items: Sequence           # np.ndarray (N, H, W, C) uint8, or list[Path]
+    items: Sequence           # np.ndarray (N, H, W, C) uint8, or list[Path] (pairs: see channels_a)
     labels: np.ndarray        # int64, one per item
     classes: dict[int, str]   # label -> name
     channels: int
     root: Path | None = None  # folder sources: what item paths are named relative to
     heldout: np.ndarray | None = None  # bool, one per item: kept out of training (see Manifest.heldout)
     heldout_rule: str = ""
+    # Paired sources only: the channels of image A (`channels` is B's). Their items are the
+    # item types of pipeline/shards/pairs.py, and `classes` is empty when the pairs have no labels.
+    channels_a: int | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -47,9 +52,10 @@ class Source:
         labels = self.labels[:limit]
         used = set(labels.tolist())
         heldout = None if self.heldout is None else self.heldout[:limit]
-        return Source(self.name, f"{self.description}, first {len(labels)}", self.items[:limit],
-                      labels, {k: v for k, v in self.classes.items() if k in used}, self.channels,
-                      self.root, heldout, self.heldout_rule if heldout is not None and heldout.any() else "")
+        return dataclasses.replace(
+            self, description=f"{self.description}, first {len(labels)}", items=self.items[:limit],
+            labels=labels, classes={k: v for k, v in self.classes.items() if k in used}, heldout=heldout,
+            heldout_rule=self.heldout_rule if heldout is not None and heldout.any() else "")
 
     def hold_out(self, fraction: float) -> None:
         """Mark about `fraction` of the items as held out, chosen by a hash of each item's
@@ -68,12 +74,13 @@ class Source:
         for keep in (~self.heldout, self.heldout):
             index = np.flatnonzero(keep)
             items = self.items[index] if isinstance(self.items, np.ndarray) else [self.items[i] for i in index]
-            parts.append(Source(self.name, self.description, items, self.labels[index], self.classes,
-                                self.channels, self.root))
+            parts.append(dataclasses.replace(self, items=items, labels=self.labels[index], heldout=None,
+                                             heldout_rule=""))
         return parts[0], parts[1]
 
     def item_name(self, item) -> str:
-        """How reports and the manifest name a file item: relative to the source folder."""
+        """How reports and the manifest name a file item (any path-like one): relative to the
+        source folder."""
         return Path(item).relative_to(self.root).as_posix()
 
 
@@ -172,9 +179,15 @@ def _folder(root: Path) -> Source:
         labels += [label] * len(files)
     if not paths:
         raise GantryError(f"{root}: no images found (expected class sub-folders of .png/.jpg files)")
-    # Grayscale only when every image is; opening reads just the header. A file whose header
-    # does not read is left to the build, which decodes every file in order and applies its
-    # --on-error policy there, so that "the first bad file" means the same for every kind of flaw.
+    return Source(root.name, f"folder {root.resolve()}", paths, np.array(labels, np.int64),
+                  {i: name for i, (name, _) in enumerate(groups)}, file_channels(paths), root)
+
+
+def file_channels(paths: Sequence[Path]) -> int:
+    """1 when every image file is grayscale, else 3."""
+    # Opening reads just the header. A file whose header does not read is left to the build,
+    # which decodes every file in order and applies its --on-error policy there, so that "the
+    # first bad file" means the same for every kind of flaw.
     modes = set()
     for f in paths:
         try:
@@ -182,9 +195,7 @@ def _folder(root: Path) -> Source:
                 modes.add(im.mode)
         except Exception:
             continue
-    channels = 1 if modes <= {"L", "1", "I;16", "I"} else 3
-    return Source(root.name, f"folder {root.resolve()}", paths, np.array(labels, np.int64),
-                  {i: name for i, (name, _) in enumerate(groups)}, channels, root)
+    return 1 if modes <= {"L", "1", "I;16", "I"} else 3
 
 
 def _arrays(path: Path) -> Source:

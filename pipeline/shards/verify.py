@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import storage
-from pipeline.shards.imaging import decode_sample
+from pipeline.shards.imaging import decode_pair, decode_sample
 from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
 
 
@@ -27,7 +27,7 @@ class Report:
         head = (f"{m.root}: {self.shards}/{len(m.shards) + len(m.heldout)} shards, "
                 f"{self.samples}/{m.samples + m.heldout_samples} samples checked"
                 + (f" ({m.heldout_samples} held out)" if m.heldout else "")
-                + f", {m.resolution}x{m.resolution}x{m.channels}, version {m.version}")
+                + f", {m.shape}, version {m.version}")
         return [head] + [f"  PROBLEM {p}" for p in self.problems] + [
             "OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)"]
 
@@ -64,7 +64,10 @@ def verify_shards(out: str | Path) -> Report:
         report.shards += 1
         for key, files in samples.items():
             try:
-                decode_sample(files, m.resolution, m.channels, m.classes)
+                if m.task == "pairs":
+                    decode_pair(files, m.resolution, m.channels_a, m.channels_b, m.classes)
+                else:
+                    decode_sample(files, m.resolution, m.channels, m.classes)
                 report.samples += 1
             except ValueError as e:
                 report.problems.append(f"{entry.url}: sample {key}: {e}")
