@@ -16,10 +16,12 @@ So an embedded cluster
     no task events or metrics for a dashboard it does not run, no preemption watcher;
   - runs what is left at SCHED_IDLE, where the OS allows it to raise the trainer back:
     processes the driver starts inherit its scheduling class, so Ray is started from an
-    idle-class thread, and `foreground()` puts each training worker (and the driver) back to
-    normal (at the nice level Ray gives workers). Ray's wake-ups then wait for a free core instead of preempting a training thread;
-    they still run whenever the trainer waits (data, collectives, checkpoints), and on a
-    saturated core they get a small share, not none, so Ray's own health checks keep passing.
+    idle-class thread, and `foreground()` puts each training thread (and the driver's main
+    thread) back to normal, at the nice level Ray gives workers; Ray's threads in those
+    processes stay idle. Ray's wake-ups then wait for a free core instead of preempting a
+    training thread; they still run whenever the trainer waits (data, collectives,
+    checkpoints), and on a saturated core they get a small share, not none, so Ray's own
+    health checks keep passing.
 A cluster gantry joins (an address) is left as its operator configured it.
 """
 from __future__ import annotations
@@ -57,13 +59,15 @@ def trainer_class():
 
 
 def foreground() -> None:
-    """Every thread of this process back to the normal class if `start` made it idle-class
-    (a thread's class is its own; threads born later inherit their creator's)."""
-    if os.sched_getscheduler(0) != os.SCHED_IDLE:
-        return
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
-            os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+    """The calling thread back to the normal class if `start` made it idle-class; the threads
+    and processes it starts from then on inherit that (a thread's class is its own).
+
+    Only this thread: Ray's own threads in the same process (the core worker's event loops and
+    gRPC pollers, and a worker's main thread with its 10 ms signal check) stay idle-class like
+    the rest of Ray. Flipping just those threads between idle and normal every 30 s during one
+    Ray x1 run (DCGAN-64, windows paired in time): 111.1 img/s idle, 104.3 normal."""
+    if os.sched_getscheduler(0) == os.SCHED_IDLE:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 @contextlib.contextmanager
@@ -75,7 +79,7 @@ def _new_processes_idle():
     try:
         yield
     finally:
-        foreground()  # ray.init's own threads in this process were born idle-class too
+        foreground()  # ray.init's threads in the driver stay idle-class, as in a worker
 
 
 def _can_leave_idle() -> bool:

@@ -1,6 +1,6 @@
 """The embedded Ray cluster stays out of the trainer's way (launch/embedded_ray.py): its
-processes run idle-class where the OS lets a trainer leave that class again, a training worker
-and the driver run normally, and Ray Train starts none of the actors an embedded run has no use
+processes and threads run idle-class where the OS lets a trainer leave that class again, a
+training thread (and what it starts) and the driver's main thread run normally, and Ray Train starts none of the actors an embedded run has no use
 for."""
 from __future__ import annotations
 
@@ -15,12 +15,18 @@ from launch import embedded_ray
 REPO = Path(__file__).resolve().parents[2]
 
 PROBE = r"""
-import json, os, psutil, ray
+import json, os, threading, psutil, ray
 from launch import embedded_ray
 
 def classes(pid=None):
     tids = os.listdir(f"/proc/{pid or 'self'}/task")
     return sorted({os.sched_getscheduler(int(t)) for t in tids})
+
+def started_class():  # of a thread this thread starts, as torch starts its OpenMP threads
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))
+    t.start(), t.join()
+    return seen[0]
 
 embedded_ray.start(num_cpus=1)
 
@@ -28,11 +34,12 @@ embedded_ray.start(num_cpus=1)
 def worker(foreground):
     if foreground:
         embedded_ray.foreground()
-    return os.getpid(), classes()
+    return os.getpid(), os.sched_getscheduler(0), started_class(), classes()
 
 started = {p.pid: p.name() for p in psutil.Process().children(recursive=True)}
 as_started, as_trainer = ray.get(worker.remote(False)), ray.get(worker.remote(True))
-out = {"driver": classes(), "ray": {name: classes(pid) for pid, name in started.items() if psutil.pid_exists(pid)},
+out = {"driver": [os.sched_getscheduler(0), started_class(), classes()],
+       "ray": {name: classes(pid) for pid, name in started.items() if psutil.pid_exists(pid)},
        "worker": as_started, "trainer": as_trainer}
 ray.shutdown()
 print(json.dumps(out))
@@ -44,16 +51,20 @@ def test_ray_runs_idle_class_and_the_trainer_normally():
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    (pid, before), (same_pid, after) = out["worker"], out["trainer"]
+    (pid, *before), (same_pid, *after) = out["worker"], out["trainer"]
     assert pid == same_pid  # one worker process, before and after it called foreground()
-    assert out["driver"] == [os.SCHED_OTHER], "the driver must not stay idle-class"
-    assert after == [os.SCHED_OTHER], "a training worker runs every thread normally"
+    normal = [os.SCHED_OTHER, os.SCHED_OTHER]
+    assert out["driver"][:2] == normal, "the driver's main thread, and what it starts, run normally"
+    assert after[:2] == normal, "a training thread, and what it starts, run normally"
     assert {"raylet", "gcs_server"} <= set(out["ray"]), out["ray"]
     if embedded_ray._can_leave_idle():
         assert all(c == [os.SCHED_IDLE] for c in out["ray"].values()), out["ray"]
-        assert before == [os.SCHED_IDLE]
+        assert before == [os.SCHED_IDLE, os.SCHED_IDLE, [os.SCHED_IDLE]]
+        # Ray's own threads in the worker and the driver stay idle-class
+        assert os.SCHED_IDLE in after[2] and os.SCHED_IDLE in out["driver"][2]
     else:  # no way back from idle-class here: nothing is made idle-class
         assert all(c == [os.SCHED_OTHER] for c in out["ray"].values()), out["ray"]
+        assert after[2] == out["driver"][2] == [os.SCHED_OTHER]
 
 
 def test_lean_trainer_drops_only_the_actors_an_embedded_run_does_not_use():
