@@ -8,6 +8,8 @@ One `ShardStream` per rank. Each epoch:
      memory, then parsed from memory: no second read that could differ), expands the tar with
      webdataset, shuffles raw samples in a seeded buffer, decodes PNGs and batches.
   3. images are float32 (B, C, H, W) in [-1, 1], labels int64; pinned when CUDA is present.
+     Paired shards (manifest task "pairs") yield (B, A) instead: the target images and the
+     input images each sample is conditioned on, both float32 in [-1, 1].
 
 Everything is seeded by (seed, epoch, rank, worker), so the order is a pure function of those.
 Resume uses that: the state records how many raw samples each loader worker had delivered, and
@@ -40,7 +42,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pipeline import storage
 from pipeline.errors import GantryError
-from pipeline.shards.imaging import decode_sample
+from pipeline.shards.imaging import decode_pair, decode_sample
 from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
 from pipeline.shards.plan import plan_shards
 
@@ -131,37 +133,44 @@ class _EpochData(IterableDataset):
         if self.shuffle_buffer > 1:
             samples = _shuffle(samples, self.shuffle_buffer, self.shuffle_buffer,
                                rng=random.Random(f"shuffle/{self.tag}/{w}"))
-        images, labels = [], []
+        images, conds = [], []
         for sample in samples:
             events.pos += 1
             if events.pos <= events.start:
                 continue   # delivered before the checkpoint this stream resumed from
             shard, key = storage.basename(sample["__url__"]), sample["__key__"]
             try:
-                img, label = decode_sample(sample, m.resolution, m.channels, m.classes)
+                if m.task == "pairs":
+                    cond, img, _ = decode_pair(sample, m.resolution, m.channels_a, m.channels_b, m.classes)
+                else:
+                    img, cond = decode_sample(sample, m.resolution, m.channels, m.classes)
             except ValueError as e:
                 events.bad("sample", f"{shard}: sample {key}: {e}")
                 continue
             images.append(img)
-            labels.append(label)
+            conds.append(cond)
             if len(images) == self.batch:
-                yield self._item(w, events, images, labels)
-                images, labels = [], []
+                yield self._item(w, events, images, conds)
+                images, conds = [], []
         if images or events.pending:
-            yield self._item(w, events, images, labels)
+            yield self._item(w, events, images, conds)
 
     @staticmethod
-    def _item(w, events, images, labels):
-        x = None
-        if images:
-            # uint8 HWC -> float CHW in [-1, 1]; x / 127.5 - 1 maps 0 -> -1 and 255 -> 1 exactly.
-            # numpy, not torch: torch's intra-op pool costs more than the arithmetic at this size.
-            x = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32)
-            x /= 127.5
-            x -= 1
-            x = torch.from_numpy(x)
-        return {"images": x, "labels": torch.tensor(labels, dtype=torch.int64), "worker": w,
-                "pos": events.pos, "events": events.take()}
+    def _item(w, events, images, conds):
+        paired = bool(conds) and isinstance(conds[0], np.ndarray)
+        return {"images": _to_float(images), "worker": w, "pos": events.pos, "events": events.take(),
+                "conds": _to_float(conds) if paired else torch.tensor(conds, dtype=torch.int64)}
+
+
+def _to_float(images: list[np.ndarray]) -> torch.Tensor | None:
+    """uint8 HWC images -> float CHW in [-1, 1]; x / 127.5 - 1 maps 0 -> -1 and 255 -> 1 exactly.
+    numpy, not torch: torch's intra-op pool costs more than the arithmetic at this size."""
+    if not images:
+        return None
+    x = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32)
+    x /= 127.5
+    x -= 1
+    return torch.from_numpy(x)
 
 
 def _worker_init(_):
@@ -169,7 +178,8 @@ def _worker_init(_):
 
 
 class ShardStream:
-    """Endless (images, labels) batches for one rank; `state_dict` makes it resumable."""
+    """Endless (images, labels) batches for one rank, or (B, A) image batches from paired
+    shards; `state_dict` makes it resumable."""
 
     def __init__(self, manifest: str | Path | Manifest, *, rank: int = 0, world_size: int = 1,
                  seed: int = 0, batch: int = 64, shards: list[str] | None = None,
@@ -267,9 +277,9 @@ class ShardStream:
             self.positions[item["worker"]] = item["pos"]
             if item["images"] is None:
                 continue
-            self.samples += len(item["labels"])
+            self.samples += len(item["images"])
             self.batches += 1
-            return item["images"], item["labels"]
+            return item["images"], item["conds"]
 
     def _next_epoch(self):
         self.close()

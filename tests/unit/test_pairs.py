@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -160,3 +161,23 @@ def test_format_2_manifests_load_as_unpaired_images(tmp_path):
     m = load_manifest(out)
     assert (m.task, m.channels_a, m.channels_b, m.samples) == ("images", None, None, 40)
     assert verify_shards(out).ok
+
+
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_the_stream_yields_each_target_with_its_own_input(tmp_path, loader_workers):
+    from pipeline.data import ShardStream
+
+    src = tmp_path / "maps"
+    for i in range(10):  # B is A inverted, so a pair can be told from a mismatch
+        save(src / "A" / f"{i}.png", np.full((8, 8, 1), 20 * i, np.uint8))
+        save(src / "B" / f"{i}.png", np.full((8, 8, 3), 255 - 20 * i, np.uint8))
+    build_shards(str(src), tmp_path / "out", 8, shard_size=4, workers=1, pairs=True)
+    stream = ShardStream(tmp_path / "out", batch=5, loader_workers=loader_workers, shuffle_buffer=10)
+    seen = []
+    for _ in range(2):
+        b, a = next(stream)
+        assert b.shape == (5, 3, 8, 8) and a.shape == (5, 1, 8, 8) and a.dtype == b.dtype == torch.float32
+        assert torch.equal(b.amin(dim=(1, 2, 3)), b.amax(dim=(1, 2, 3)))  # each image is flat
+        torch.testing.assert_close(b[:, 0, 0, 0], -a[:, 0, 0, 0])  # 255 - v maps to -(v / 127.5 - 1)
+        seen += a[:, 0, 0, 0].tolist()
+    assert sorted(round((v + 1) * 127.5) for v in seen) == [20 * i for i in range(10)]  # one epoch, each once
