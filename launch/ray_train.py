@@ -174,7 +174,7 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
         _refuse_local_paths_on_a_cluster(cfg)
     except Exception:
         if started:
-            ray.shutdown()
+            ray.shutdown() if address else embedded_ray.stop()
         raise
     # The cluster's GPUs, not this process's: on KubeRay the driver runs on a CPU-only head pod.
     gpu = ray.cluster_resources().get("GPU", 0) >= 1
@@ -202,7 +202,7 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
         raise GantryError(f"training failed after {max_failures} restarts: {_root_cause(e)}") from None
     finally:
         if started:
-            ray.shutdown()
+            ray.shutdown() if address else embedded_ray.stop()
     # The run's last evaluation, as its final checkpoint recorded it (Ray Train keeps reported
     # metrics only with checkpoints, and gantry's checkpoints stay in the run dir).
     latest = _saved_since(cfg, launched)

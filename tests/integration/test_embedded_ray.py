@@ -79,3 +79,38 @@ def test_lean_trainer_drops_only_the_actors_an_embedded_run_does_not_use():
     dropped = {"DatasetsCallback", "PlacementGroupCleanerCallback"}
     assert dropped <= set(full), f"Ray Train's default callbacks changed: {full}"
     assert lean == [n for n in full if n not in dropped]
+
+
+OUTLIVER = r"""
+import json, os, time, psutil, ray
+from launch import embedded_ray
+
+embedded_ray.start(num_cpus=1)
+
+@ray.remote(num_cpus=0)
+class Stuck:  # leaves a process of the cluster that does not exit with it, as a hung worker does
+    def start(self):
+        if os.fork() == 0:
+            os.setsid()
+            time.sleep(600)
+            os._exit(0)
+        return os.getpid()
+
+actor = Stuck.remote()
+ray.get(actor.start.remote())
+cluster = [p.pid for p in psutil.Process().children(recursive=True)]
+embedded_ray.stop()
+print(json.dumps({"cluster": cluster, "alive": [p for p in cluster if psutil.pid_exists(p)
+                                                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]}))
+"""
+
+
+def test_stop_leaves_no_process_of_the_cluster_behind():
+    # Ray kills its workers' children itself unless told not to: the forked one then stays behind
+    # as a hung Ray worker does, where only stop() can end it.
+    r = subprocess.run([sys.executable, "-c", OUTLIVER], cwd=REPO, capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "RAY_kill_child_processes_on_worker_exit": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(out["cluster"]) >= 4  # raylet, GCS, the actor, its child, ...
+    assert out["alive"] == []
