@@ -155,9 +155,8 @@ class _EpochData(IterableDataset):
         if images or events.pending:
             yield self._item(w, events, images, conds)
 
-    @staticmethod
-    def _item(w, events, images, conds):
-        paired = bool(conds) and isinstance(conds[0], np.ndarray)
+    def _item(self, w, events, images, conds):
+        paired = self.manifest.task == "pairs"
         return {"images": _to_float(images), "worker": w, "pos": events.pos, "events": events.take(),
                 "conds": _to_float(conds) if paired else torch.tensor(conds, dtype=torch.int64)}
 
