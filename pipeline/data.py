@@ -42,7 +42,6 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pipeline import storage
 from pipeline.errors import GantryError
-from pipeline.shards.imaging import decode_pair, decode_sample
 from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
 from pipeline.shards.plan import plan_shards
 
@@ -140,10 +139,7 @@ class _EpochData(IterableDataset):
                 continue   # delivered before the checkpoint this stream resumed from
             shard, key = storage.basename(sample["__url__"]), sample["__key__"]
             try:
-                if m.task == "pairs":
-                    cond, img, _ = decode_pair(sample, m.resolution, m.channels_a, m.channels_b, m.classes)
-                else:
-                    img, cond = decode_sample(sample, m.resolution, m.channels, m.classes)
+                img, cond = m.decode(sample)
             except ValueError as e:
                 events.bad("sample", f"{shard}: sample {key}: {e}")
                 continue

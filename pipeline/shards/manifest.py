@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pipeline import storage
 from pipeline.errors import GantryError
+from pipeline.shards.imaging import decode_pair, decode_sample
 
 MANIFEST = "manifest.json"
 # 2 added the held-out split, 3 paired samples (task, channels_a, channels_b); an older
@@ -68,6 +69,14 @@ class Manifest:
         if self.task == "pairs":
             return f"pairs {side}x{self.channels_a} -> {side}x{self.channels_b}"
         return f"{side}x{self.channels}"
+
+    def decode(self, files: dict):
+        """A grouped shard sample ({ext: bytes}) -> (image, what it is conditioned on): its label,
+        or for pairs (B, A). ValueError says why it is unusable."""
+        if self.task == "pairs":
+            a, b, _ = decode_pair(files, self.resolution, self.channels_a, self.channels_b, self.classes)
+            return b, a
+        return decode_sample(files, self.resolution, self.channels, self.classes)
 
     def path(self, entry: ShardEntry) -> str:
         return storage.join(self.root, entry.url)

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import storage
-from pipeline.shards.imaging import decode_pair, decode_sample
 from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
 
 
@@ -64,10 +63,7 @@ def verify_shards(out: str | Path) -> Report:
         report.shards += 1
         for key, files in samples.items():
             try:
-                if m.task == "pairs":
-                    decode_pair(files, m.resolution, m.channels_a, m.channels_b, m.classes)
-                else:
-                    decode_sample(files, m.resolution, m.channels, m.classes)
+                m.decode(files)
                 report.samples += 1
             except ValueError as e:
                 report.problems.append(f"{entry.url}: sample {key}: {e}")
