@@ -57,11 +57,13 @@ def launch(cfg: RunConfig, resume: str | None = None, launcher: str | None = Non
 def check_locations(cfg: RunConfig) -> None:
     """Fail before any work starts, with one line naming the URL, when the run cannot write
     where it should (missing bucket, refused credentials, unreachable endpoint), its data
-    is not there, or a conditional run's data has a single class."""
+    is not there, its model family does not fit its data, or a conditional run's data has a
+    single class."""
     from pipeline import storage
     from pipeline.shards.manifest import load_manifest
-    from pipeline.worker import run_dir_for, with_classes
+    from pipeline.worker import run_dir_for, with_classes, with_task
 
     storage.ensure_dir(run_dir_for(cfg))
     if not cfg.is_toy:
-        with_classes(cfg, load_manifest(cfg.data.path).class_names, cfg.data.path)
+        m = load_manifest(cfg.data.path)
+        with_task(with_classes(cfg, m.class_names, cfg.data.path), m.task, m.channels_a, cfg.data.path)

@@ -31,7 +31,7 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    arch: Literal["mlp", "dcgan", "resnet", "stylegan2"] = "mlp"
+    arch: Literal["mlp", "dcgan", "resnet", "stylegan2", "pix2pix"] = "mlp"
     z_dim: int = Field(64, gt=0)
     resolution: int = Field(32, gt=0, description="image side; ignored for 2-D data")
     g_width: int = Field(64, gt=0, description="base channel width (hidden units for mlp)")
@@ -41,11 +41,16 @@ class ModelConfig(Section):
     mapping_layers: int = Field(4, gt=0, description="stylegan2 mapping network depth")
     conditional: bool = Field(False, description="G draws a chosen class, D is a projection discriminator")
     classes: int = Field(0, ge=0, description="class count of a conditional run; set from the data at start-up")
+    dropout: float = Field(0.5, ge=0, lt=1, description="pix2pix: dropout of the U-Net's innermost decoder blocks")
+    input_channels: int = Field(0, ge=0, description="pix2pix: channels of the input image A; set from the data "
+                                                     "at start-up")
 
     @model_validator(mode="after")
     def _power_of_two(self):
         if self.arch != "mlp" and (self.resolution & (self.resolution - 1)) != 0:
             raise ValueError(f"model.resolution must be a power of two, got {self.resolution}")
+        if self.arch == "pix2pix" and self.resolution < 8:
+            raise ValueError(f"model.resolution must be 8 or more for pix2pix, got {self.resolution}")
         return self
 
 
@@ -54,6 +59,9 @@ class LossConfig(Section):
     r1_gamma: float = Field(0.0, ge=0, description="R1 weight on real images; 0 turns it off")
     r1_interval: int = Field(16, gt=0, description="lazy R1: every N D steps, scaled by N")
     gp_weight: float = Field(10.0, ge=0, description="gradient penalty weight for wgan-gp")
+    l1_weight: float = Field(100.0, ge=0, description="pix2pix: weight of the L1 distance of G(A) to B")
+    adv_weight: float = Field(1.0, ge=0, description="pix2pix: weight of G's adversarial term; 0 trains "
+                                                     "L1 alone (no D steps), the baseline")
 
 
 class OptimConfig(Section):
@@ -216,6 +224,19 @@ class RunConfig(Section):
             raise ValueError(f"augment.kind '{self.augment.kind}' augments images; model.arch 'mlp' makes 2-D points")
         if self.model.arch != "mlp" and self.data.source != "shards":
             raise ValueError(f"model.arch '{self.model.arch}' needs image data (data.source: shards)")
+        if self.model.arch == "pix2pix":
+            if self.model.conditional:
+                raise ValueError("model.arch 'pix2pix' is conditioned on its input image; model.conditional "
+                                 "(class labels) does not apply")
+            if self.augment.kind != "none":
+                raise ValueError(f"augment.kind '{self.augment.kind}' would move B apart from its A; "
+                                 f"model.arch 'pix2pix' trains without augmentation")
+            other = [name for name in self.eval.metrics if name not in ("fid", "coverage")]
+            if other:
+                raise ValueError(f"eval.metrics {', '.join(other)} do not apply to model.arch 'pix2pix', which "
+                                 f"reports l1, psnr, ssim and takes fid and coverage (class match)")
+            if self.loss.l1_weight == 0 and self.loss.adv_weight == 0:
+                raise ValueError("loss.l1_weight and loss.adv_weight are both 0: pix2pix's G would learn nothing")
         labelled = [name for name in self.eval.metrics if name in ("cas", "aug_gain")]
         if labelled and not self.model.conditional:
             raise ValueError(f"eval.metrics {', '.join(labelled)} score a class-conditional model's labelled "
@@ -225,6 +246,16 @@ class RunConfig(Section):
     @property
     def is_toy(self) -> bool:
         return self.data.source != "shards"
+
+    @property
+    def is_translation(self) -> bool:
+        """G maps an input image A to B (pix2pix) instead of drawing from noise."""
+        return self.model.arch == "pix2pix"
+
+    @property
+    def conditioned(self) -> bool:
+        """G and D take a condition from the data: a class label, or the input image A."""
+        return self.model.conditional or self.is_translation
 
     def local_locations(self) -> list[tuple[str, str]]:
         """(key, location) of every place the run reads or writes that is on this machine's

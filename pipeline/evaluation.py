@@ -9,7 +9,10 @@ import numpy as np
 import torch
 
 from pipeline import storage
+from pipeline.metrics import classifier as clf
+from pipeline.metrics.fid import GaussianStats, frechet_distance
 from pipeline.metrics.mixture import mixture_scores
+from pipeline.metrics.translation import pair_scores
 from pipeline.tracking import Tracker
 from pipeline.visuals import image_grid, save_png, scatter_image
 
@@ -115,6 +118,79 @@ class ImageEvaluator:
             return image_grid(generate(G, self.n_grid, self.z_dim, self.seed))
         labels = class_rows(self.classes, GRID_PER_CLASS)
         return image_grid(generate(G, len(labels), self.z_dim, self.seed, labels=labels), cols=GRID_PER_CLASS)
+
+
+class TranslationEvaluator:
+    """Translates the inputs A of n fixed held-out pairs (of the training split where the shards
+    hold none out) and scores G(A) against the targets B: l1, psnr and ssim
+    (pipeline/metrics/translation.py); with `metrics` (an ImageMetrics on the same shards) `fid`
+    between the outputs and the targets in its feature space and, on labelled data with
+    "coverage", class_match: the share of outputs the domain classifier calls their target's
+    class. The sample grid has one A | G(A) | B row per pair."""
+
+    def __init__(self, manifest, run_dir: str, metrics=None, n: int = 1000, seed: int = 12345, n_grid: int = 8):
+        self.manifest, self.run_dir, self.metrics, self.n, self.seed, self.n_grid = \
+            manifest, str(run_dir), metrics, n, seed, n_grid
+        self._pairs = None
+        self._targets = None  # Gaussian statistics of the targets' features, fixed for the run
+
+    @classmethod
+    def from_config(cls, cfg, manifest, run_dir: str, device) -> "TranslationEvaluator":
+        """FID in the domain classifier's features where the data is labelled (it trains on the
+        targets B and their labels), Inception's otherwise."""
+        e, labelled = cfg.eval, bool(manifest.classes)
+        names = [name for name in e.metrics if labelled or name != "coverage"]
+        metrics = None
+        if names:
+            from pipeline.metrics.image_eval import ImageMetrics
+            metrics = ImageMetrics(cfg.data.path, e.cache_dir or storage.join(cfg.train.out_dir, ".cache"), names,
+                                   e.features if labelled else "inception", e.n_real, e.kid_subsets,
+                                   e.kid_subset_size, e.pr_k, e.classifier_steps, cfg.seed, device)
+        return cls(manifest, run_dir, metrics, e.n_fake, seed=cfg.seed + 12345)
+
+    def __call__(self, G, step: int, tracker: Tracker) -> dict[str, float]:
+        a, b, labels = self._held_out()
+        out = translate(G, a)
+        scores = pair_scores(out, b)
+        if self.metrics is not None:
+            scores.update(self._feature_scores(out, b, labels))
+        tracker.log_metrics(scores, step)
+        k = self.n_grid
+        grid = image_grid(torch.stack(_same_channels(a[:k], out[:k], b[:k]), 1).flatten(0, 1), cols=3)
+        save_png(grid, storage.join(self.run_dir, "samples", f"grid-{step:09d}.png"))
+        tracker.log_image(grid, "samples", step)
+        return scores
+
+    def _held_out(self):
+        if self._pairs is None:
+            from pipeline.metrics.image_eval import read_pairs
+            m = self.manifest
+            self._pairs = read_pairs(m, self.n, self.seed, heldout=bool(m.heldout))
+        return self._pairs
+
+    def _feature_scores(self, out: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        m, scores = self.metrics, {}
+        if "fid" in m.metrics:
+            if self._targets is None:
+                self._targets = GaussianStats.of(m.extractor(targets).numpy())
+            scores[f"fid_{m.features}"] = frechet_distance(self._targets, GaussianStats.of(m.extractor(out).numpy()))
+            scores["fid"] = scores[f"fid_{m.features}"]
+        if "coverage" in m.metrics:
+            scores.update(clf.class_match(m.classifier.predict(out), labels))
+        return scores
+
+
+@torch.no_grad()
+def translate(G, a: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    """G's outputs for inputs A (N, C, R, R), on G's device in batches, back on the CPU."""
+    device = next(G.parameters()).device
+    return torch.cat([G(a[i:i + batch].to(device)).float().cpu() for i in range(0, len(a), batch)])
+
+
+def _same_channels(*images: torch.Tensor) -> list[torch.Tensor]:
+    """Grey images repeated to RGB where others in one grid are RGB."""
+    c = max(x.shape[1] for x in images)
+    return [x.expand(-1, c, -1, -1) if x.shape[1] != c else x for x in images]
 
 
 def no_evaluation(G, step: int, tracker: Tracker) -> dict[str, float]:

@@ -20,9 +20,9 @@ from pipeline.precision import Precision
 
 @dataclass
 class Batch:
-    real: torch.Tensor | None  # this rank's real samples (None before the first draw)
-    z: torch.Tensor            # latents for G
-    c: torch.Tensor | None = None    # the real samples' labels (conditional runs only)
+    real: torch.Tensor | None  # this rank's real samples (None before the first draw); pix2pix: the targets B
+    z: torch.Tensor            # latents for G (unused by pix2pix)
+    c: torch.Tensor | None = None    # the real samples' labels (conditional runs), or pix2pix's inputs A
     c_z: torch.Tensor | None = None  # the classes G draws for z (conditional runs only)
 
 
@@ -43,13 +43,48 @@ class Phase:
 
 def build_phases(cfg: RunConfig, augment: Augment, precision: Precision,
                  reduce: Callable[[torch.Tensor], torch.Tensor]) -> list[Phase]:
-    """D main (x n_critic), lazy R1 on the reals D main just saw, G main. `reduce` averages a
-    statistic over ranks (ADA's overfitting signal must agree everywhere)."""
-    kind, gp_weight, r1_gamma = cfg.loss.kind, cfg.loss.gp_weight, cfg.loss.r1_gamma
-    global_batch = cfg.train.batch
+    """The phases of the configured model family."""
+    if cfg.is_translation:
+        return translation_phases(cfg, precision)
+    return generation_phases(cfg, augment, precision, reduce)
 
-    def D_aug(D, c):
-        return lambda x: D(augment(x), c)
+
+PenaltyD = Callable[[Callable, Batch], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _d_phases(cfg: RunConfig, d_forward, penalty_D: PenaltyD) -> list[Phase]:
+    """D main (x n_critic; with the gradient penalty under wgan-gp), then lazy R1 on the reals
+    D main just saw. `d_forward(G, D, batch) -> (loss, stats, fake)`; `penalty_D(D, batch)` is
+    the function of a real sample the penalties differentiate (per-sample logits)."""
+    gp_weight, r1_gamma = cfg.loss.gp_weight, cfg.loss.r1_gamma
+
+    def d_main(G, D, batch):
+        loss, stats, _ = d_forward(G, D, batch)
+        return loss, stats
+
+    def d_main_gp(G, D, batch):
+        loss, stats, fake = d_forward(G, D, batch)
+        gp = gradient_penalty(penalty_D(D, batch), batch.real, fake)
+        stats["gp"] = gp.detach().mean()
+        return loss + gp_weight * gp, stats
+
+    def d_r1(G, D, batch):
+        r1 = r1_penalty(penalty_D(D, batch), batch.real)
+        return r1 * (r1_gamma / 2), {"r1": r1.detach().mean()}
+
+    phases = [Phase("D_main", "D", 1, cfg.train.n_critic, 1.0, "real",
+                    d_main_gp if cfg.loss.kind == "wgan-gp" else d_main)]
+    if r1_gamma > 0:
+        interval = cfg.loss.r1_interval
+        phases.append(Phase("D_r1", "D", interval, 1, float(interval), "same", d_r1))
+    return phases
+
+
+def generation_phases(cfg: RunConfig, augment: Augment, precision: Precision,
+                      reduce: Callable[[torch.Tensor], torch.Tensor]) -> list[Phase]:
+    """G draws from noise: D's phases, then G main on new latents. `reduce` averages a
+    statistic over ranks (ADA's overfitting signal must agree everywhere)."""
+    kind, global_batch = cfg.loss.kind, cfg.train.batch
 
     def d_forward(G, D, batch):
         with precision.autocast():
@@ -59,28 +94,47 @@ def build_phases(cfg: RunConfig, augment: Augment, precision: Precision,
         stats = {"D_real": real_logits.detach().float().mean(), "D_fake": fake_logits.detach().float().mean()}
         return d_loss(kind, real_logits, fake_logits), stats, fake
 
-    def d_main(G, D, batch):
-        loss, stats, _ = d_forward(G, D, batch)
-        return loss, stats
-
-    def d_main_gp(G, D, batch):
-        loss, stats, fake = d_forward(G, D, batch)
-        gp = gradient_penalty(D_aug(D, batch.c), batch.real, fake)
-        stats["gp"] = gp.detach().mean()
-        return loss + gp_weight * gp, stats
-
-    def d_r1(G, D, batch):
-        r1 = r1_penalty(D_aug(D, batch.c), batch.real)
-        return r1 * (r1_gamma / 2), {"r1": r1.detach().mean()}
-
     def g_main(G, D, batch):
         with precision.autocast():
             fake_logits = D(augment(G(batch.z, batch.c_z)), batch.c_z)
         return g_loss(kind, fake_logits), {}
 
-    phases = [Phase("D_main", "D", 1, cfg.train.n_critic, 1.0, "real", d_main_gp if kind == "wgan-gp" else d_main)]
-    if r1_gamma > 0:
-        interval = cfg.loss.r1_interval
-        phases.append(Phase("D_r1", "D", interval, 1, float(interval), "same", d_r1))
-    phases.append(Phase("G_main", "G", 1, 1, 1.0, "latents", g_main))
-    return phases
+    def penalty_D(D, batch):
+        return lambda x: D(augment(x), batch.c)
+
+    return _d_phases(cfg, d_forward, penalty_D) + [Phase("G_main", "G", 1, 1, 1.0, "latents", g_main)]
+
+
+def translation_phases(cfg: RunConfig, precision: Precision) -> list[Phase]:
+    """pix2pix (batch.c is A, batch.real is B): D judges (A, B) pairs patch by patch; G's loss is
+    adv_weight x the adversarial term + l1_weight x |G(A) - B|, on the batch D just saw, as in
+    the paper. A patch map's loss is its mean, per sample. adv_weight 0 is the L1-only baseline:
+    D has nothing to teach, so it does not train. G reports its adversarial term as `adv`: with
+    the L1 term beside it, that is where the health monitor looks for divergence."""
+    kind, l1_weight, adv_weight = cfg.loss.kind, cfg.loss.l1_weight, cfg.loss.adv_weight
+
+    def per_sample(logits):
+        return logits.float().flatten(1).mean(1)
+
+    def d_forward(G, D, batch):
+        with precision.autocast():
+            fake = G(batch.c)
+            real_logits, fake_logits = per_sample(D(batch.c, batch.real)), per_sample(D(batch.c, fake))
+        stats = {"D_real": real_logits.detach().mean(), "D_fake": fake_logits.detach().mean()}
+        return d_loss(kind, real_logits, fake_logits), stats, fake
+
+    def g_main(G, D, batch):
+        with precision.autocast():
+            fake = G(batch.c)
+            adv = g_loss(kind, per_sample(D(batch.c, fake))) if adv_weight else None
+        l1 = (fake.float() - batch.real.float()).abs().flatten(1).mean(1)
+        if adv is None:
+            return l1_weight * l1, {"l1": l1.detach().mean()}
+        return adv_weight * adv + l1_weight * l1, {"l1": l1.detach().mean(), "adv": adv.detach().mean()}
+
+    def penalty_D(D, batch):
+        return lambda b: per_sample(D(batch.c, b))
+
+    if not adv_weight:
+        return [Phase("G_main", "G", 1, 1, 1.0, "real", g_main)]
+    return _d_phases(cfg, d_forward, penalty_D) + [Phase("G_main", "G", 1, 1, 1.0, "same", g_main)]

@@ -36,13 +36,16 @@ PROGRESS_EVERY_S = 2.0  # a progress line at most this often: each one crosses R
 class Trainer:
     def __init__(self, cfg: RunConfig, strategy: Strategy, G_ema: torch.nn.Module, phases: list[Phase],
                  stream, precision: Precision, augment, tracker: Tracker, evaluator, health: HealthMonitor | None,
-                 run_dir: str, channels: int, on_checkpoint: Callable[[str | None, dict], None] | None = None):
-        """`cfg` gives the schedule (train.*) and base learning rates; `on_checkpoint(path, info)`
+                 probe: tuple[torch.Tensor, ...], run_dir: str, channels: int,
+                 on_checkpoint: Callable[[str | None, dict], None] | None = None):
+        """`cfg` gives the schedule (train.*) and base learning rates; `probe` is G's input for the
+        health monitor's diversity readings (pipeline/worker.health_probe); `on_checkpoint(path, info)`
         runs on every rank after each save (path on rank 0, None elsewhere): launchers use it to
         report progress, e.g. the Ray launcher's metrics to Ray Train."""
         self.cfg, self.strategy, self.G_ema, self.phases = cfg, strategy, G_ema, phases
         self.stream, self.precision, self.augment, self.tracker = stream, precision, augment, tracker
         self.evaluator, self.health, self.run_dir, self.channels = evaluator, health, run_dir, channels
+        self.probe = tuple(t.to(strategy.device) for t in probe)
         self.on_checkpoint = on_checkpoint
         self.device = strategy.device
         self.local_batch = cfg.rank_batch(strategy.world_size)
@@ -67,12 +70,15 @@ class Trainer:
         if what == "latents":
             z, c_z = self._latents(self.local_batch)
             return Batch(last.real if last else None, z, c=last.c if last else None, c_z=c_z)
-        x, labels = next(self.stream)
+        x, cond = next(self.stream)  # cond: the labels, or pix2pix's inputs A
+        z, c_z = self._latents(len(x))  # an epoch's last batch may be short
+        return Batch(self._to_device(x), z, c=self._to_device(cond) if self.cfg.conditioned else None, c_z=c_z)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         if x.dim() == 4 and self.precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        z, c_z = self._latents(len(x))  # an epoch's last batch may be short
-        return Batch(x, z, c=labels.to(self.device) if self.cfg.model.conditional else None, c_z=c_z)
+        return x
 
     def train_step(self) -> None:
         batch = None
@@ -125,8 +131,11 @@ class Trainer:
                 if self.strategy.rank == 0 and (done or now - shown_t >= PROGRESS_EVERY_S):
                     shown_t = now
                     self._show_progress(metrics["img_per_s"], total_nimg)
+                # A G loss with non-adversarial terms (pix2pix's L1) reports its adversarial one as
+                # `adv`: divergence shows there, while the L1 term alone starts far above max_loss.
+                g_adv = metrics.get("G_main/adv", metrics.get("G_main/loss", 0.0))
                 if self.health and self._respond(self.health.check_losses(
-                        self.step, metrics.get("D_main/loss", 0.0), metrics.get("G_main/loss", 0.0),
+                        self.step, metrics.get("D_main/loss", 0.0), g_adv,
                         metrics["skipped_share"], {k: v for k, v in metrics.items() if k.endswith("grad_norm")})):
                     window_nimg = self.nimg
                     continue
@@ -151,10 +160,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         if self.health:
-            z = torch.randn(self.cfg.health.diversity_samples, self.cfg.model.z_dim,
-                            generator=torch.Generator().manual_seed(self.cfg.seed + 777))
             with torch.no_grad():
-                self._respond(self.health.check_diversity(self.step, self.G_ema(z.to(self.device))))
+                self._respond(self.health.check_diversity(self.step, self.G_ema(*self.probe)))
         self.last_eval = self.evaluator(self.G_ema, self.step, self.tracker)
         if self.last_eval:
             self._say(f"eval at kimg {self.kimg:.2f}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.last_eval.items()))

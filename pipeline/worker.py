@@ -20,7 +20,7 @@ from pipeline import checkpoint, console, storage
 from pipeline.allocator import keep_freed_memory
 from pipeline.config import ConfigError, OptimConfig, RunConfig, to_yaml, with_overrides
 from pipeline.errors import GantryError
-from pipeline.evaluation import ImageEvaluator, MixtureEvaluator, no_evaluation
+from pipeline.evaluation import ImageEvaluator, MixtureEvaluator, TranslationEvaluator, no_evaluation
 from pipeline.health import HealthMonitor
 from pipeline.mixtures import MixtureStream
 from pipeline.phases import build_phases
@@ -89,9 +89,28 @@ def with_classes(cfg: RunConfig, class_names: list[str], where: str) -> RunConfi
     return with_overrides(cfg, [f"model.classes={len(class_names)}"], where)
 
 
+def with_task(cfg: RunConfig, task: str, input_channels: int | None, where: str) -> RunConfig:
+    """A run whose model family fits its data's task (`where`'s manifest says "images" or
+    "pairs"), with a translation model's input channels taken from the data."""
+    if cfg.is_translation != (task == "pairs"):
+        raise ConfigError(f"model.arch '{cfg.model.arch}' " + (
+            f"translates paired images, but {where} holds {task} (build pairs with `gantry shards build "
+            f"SOURCE OUT --pairs`)" if cfg.is_translation else
+            f"draws images from noise, but {where} holds pairs; use model.arch: pix2pix"))
+    if not cfg.is_translation:
+        return cfg
+    return with_overrides(cfg, [f"model.input_channels={input_channels}"], where)
+
+
 def build_networks(cfg: RunConfig, channels: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The only place that maps `model.arch` to a class."""
     m = cfg.model
+    if m.arch == "pix2pix":
+        from models.pix2pix import PatchDiscriminator, UNetGenerator
+        # instance norm in G too: G_ema runs in eval mode, where batch norm would switch to
+        # running statistics that G never trained with.
+        return (UNetGenerator(m.input_channels, channels, m.resolution, m.g_width, dropout=m.dropout, norm="instance"),
+                PatchDiscriminator(m.input_channels, channels, m.resolution, m.d_width))
     k = m.classes if m.conditional else 0
     if m.arch == "mlp":
         from models.mlp import MLPDiscriminator, MLPGenerator
@@ -149,6 +168,8 @@ def make_health(cfg: RunConfig) -> HealthMonitor | None:
     h = cfg.health
     if cfg.loss.kind == "wgan-gp":  # critic values are unbounded by design: no loss-level rules
         h = h.model_copy(update={"d_floor": 0.0, "max_loss": 0.0})
+    if cfg.is_translation and not cfg.loss.adv_weight:  # L1 alone: no D, nothing can diverge against it
+        h = h.model_copy(update={"d_floor": 0.0, "max_loss": 0.0})
     return HealthMonitor.from_config(h)
 
 
@@ -159,6 +180,10 @@ def make_evaluator(cfg: RunConfig, stream, run_dir: str, device, comm=None):
         if rank != 0:
             return no_evaluation
         return MixtureEvaluator(stream.centers, cfg.data.std, cfg.model.z_dim, seed=cfg.seed + 12345)
+    if cfg.is_translation:
+        if rank != 0:
+            return no_evaluation
+        return TranslationEvaluator.from_config(cfg, stream.manifest, run_dir, device)
     metrics = None
     if cfg.eval.metrics:
         from pipeline.metrics.image_eval import ImageMetrics
@@ -167,6 +192,17 @@ def make_evaluator(cfg: RunConfig, stream, run_dir: str, device, comm=None):
         return no_evaluation
     return ImageEvaluator(cfg.model.z_dim, run_dir, metrics, cfg.eval.n_fake, cfg.eval.features,
                           seed=cfg.seed + 12345, comm=comm, classes=cfg.model.classes if cfg.model.conditional else 0)
+
+
+def health_probe(cfg: RunConfig, stream) -> tuple[torch.Tensor, ...]:
+    """G's inputs for the health monitor's diversity readings, the same at every reading and on
+    every rank: fixed latents, or for translation the first held-out inputs A."""
+    n = cfg.health.diversity_samples
+    if cfg.is_translation:
+        from pipeline.metrics.image_eval import read_pairs
+        m = stream.manifest
+        return (read_pairs(m, n, cfg.seed, heldout=bool(m.heldout))[0],)
+    return (torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 777)),)
 
 
 def run_tags(cfg: RunConfig, stream, strategy: Strategy, precision) -> dict[str, str]:
@@ -205,7 +241,10 @@ def train_worker(cfg: RunConfig, resume: str | None = None, on_checkpoint=None,
         precision = choose_precision(cfg.train, strategy.device, image_model=not cfg.is_toy)
 
         stream = make_stream(cfg, strategy.rank, strategy.world_size)
-        cfg = with_classes(cfg, stream.class_names, cfg.data.path or cfg.data.source)
+        where = cfg.data.path or cfg.data.source
+        cfg = with_classes(cfg, stream.class_names, where)
+        if not cfg.is_toy:
+            cfg = with_task(cfg, stream.manifest.task, stream.manifest.channels_a, where)
         G_ema = make_networks(cfg, strategy, precision, stream.channels)
         a = cfg.augment
         augment = Augment(a.kind, a.policy, a.ada_target, a.ada_interval, a.ada_kimg)
@@ -217,7 +256,7 @@ def train_worker(cfg: RunConfig, resume: str | None = None, on_checkpoint=None,
         evaluator = make_evaluator(cfg, stream, run_dir, strategy.device, strategy)
         torch.manual_seed(cfg.seed * 1009 + strategy.rank)  # each rank draws its own latents
         trainer = Trainer(cfg, strategy, G_ema, phases, stream, precision, augment, tracker, evaluator,
-                          make_health(cfg), run_dir, stream.channels, on_checkpoint)
+                          make_health(cfg), health_probe(cfg, stream), run_dir, stream.channels, on_checkpoint)
         if ckpt:
             trainer.load(ckpt)
         if not ckpt or tracking_run_id:

@@ -31,7 +31,7 @@ from pipeline.metrics import classifier as clf
 from pipeline.metrics.cas import synthetic_data_scores
 from pipeline.metrics.fid import GaussianStats, frechet_distance, kid
 from pipeline.metrics.precision_recall import precision_recall
-from pipeline.shards.imaging import decode_sample
+from pipeline.shards.imaging import decode_pair, decode_sample
 from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
 from pipeline.shards.verify import read_samples
 
@@ -49,12 +49,24 @@ def data_key(m: Manifest) -> str:
 def read_real(m: Manifest, n: int | None = None, seed: int = 0, heldout: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """n samples drawn without replacement (seeded; all when n is None or >= the set), in shard
     order, as float (n, C, R, R) in [-1, 1] and int64 labels; from the held-out split with
-    `heldout`. Shards are checked against the manifest; anything wrong is a GantryError, since
-    statistics from damaged data mislead."""
+    `heldout`. Of paired shards, the targets B. Shards are checked against the manifest; anything
+    wrong is a GantryError, since statistics from damaged data mislead."""
+    images, _, labels = _read(m, n, seed, heldout)
+    return images, labels
+
+
+def read_pairs(m: Manifest, n: int | None = None, seed: int = 0,
+               heldout: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As read_real, for paired shards: (A, B, labels), labels -1 where the shards have none."""
+    b, a, labels = _read(m, n, seed, heldout)
+    return a, b, labels
+
+
+def _read(m: Manifest, n: int | None, seed: int, heldout: bool):
     entries = m.heldout if heldout else m.shards
     total = sum(e.samples for e in entries)
     chosen = np.sort(np.random.default_rng(seed).permutation(total)[:n]) if n and n < total else np.arange(total)
-    images, labels, start = [], [], 0
+    images, inputs, labels, start = [], [], [], 0
     for entry in entries:
         wanted = chosen[(chosen >= start) & (chosen < start + entry.samples)] - start
         start += entry.samples
@@ -69,13 +81,20 @@ def read_real(m: Manifest, n: int | None = None, seed: int = 0, heldout: bool = 
         keys = list(samples)
         for i in wanted:
             try:
-                img, label = decode_sample(samples[keys[i]], m.resolution, m.channels, m.classes)
+                if m.task == "pairs":
+                    a, img, label = decode_pair(samples[keys[i]], m.resolution, m.channels_a, m.channels_b, m.classes)
+                    inputs.append(a)
+                else:
+                    img, label = decode_sample(samples[keys[i]], m.resolution, m.channels, m.classes)
             except (ValueError, IndexError) as e:
                 raise GantryError(f"{path}: sample {i}: {e}") from None
             images.append(img)
-            labels.append(label)
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return x, torch.tensor(labels, dtype=torch.int64)
+            labels.append(-1 if label is None else label)
+    return _to_tensor(images), _to_tensor(inputs) if inputs else None, torch.tensor(labels, dtype=torch.int64)
+
+
+def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 class ImageMetrics:
