@@ -47,6 +47,15 @@ class DomainClassifier(nn.Module):
         return self.head(self.body(x))
 
 
+def blank_classifier(channels: int, classes: int, width: int = WIDTH, seed: int = 0) -> DomainClassifier:
+    """A new net initialised from `seed`, leaving the caller's RNG stream where it was: metrics
+    run inside training, and a draw there (only when the cache misses, or only when it hits)
+    would break exact resume."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DomainClassifier(channels, classes, width)
+
+
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, steps: int = 1500,
                      batch: int = 128, seed: int = 0) -> tuple[DomainClassifier, float]:
     """Fit on 90 % of (images in [-1, 1], labels); return the net and its held-out accuracy."""
@@ -80,9 +89,7 @@ def accuracy(net: DomainClassifier, images: torch.Tensor, labels: torch.Tensor) 
 
 
 def _fit(images, labels, classes, steps, batch, gen, seed) -> DomainClassifier:
-    with torch.random.fork_rng(devices=[]):  # leave the training run's RNG stream untouched
-        torch.manual_seed(seed)
-        net = DomainClassifier(images.shape[1], classes)
+    net = blank_classifier(images.shape[1], classes, seed=seed)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
     for _ in range(steps):
@@ -123,7 +130,7 @@ def load_or_train(cache_dir: str | Path, key: str, data: Callable[[], tuple[torc
     weights, meta_path = f"{base}.safetensors", f"{base}.json"
     if storage.exists(meta_path):  # written last: the entry is whole
         meta = json.loads(storage.read_bytes(meta_path))
-        net = DomainClassifier(meta["channels"], meta["classes"], meta["width"])
+        net = blank_classifier(meta["channels"], meta["classes"], meta["width"])
         net.load_state_dict(load(storage.read_bytes(weights)))
         return ClassifierFeatures(net, name, meta["accuracy"])
     images, labels = data()

@@ -95,7 +95,7 @@ def _one_step(cfg, strategy, tmp) -> dict:
     augment = Augment()
     phases = build_phases(cfg, augment, precision, reduce=strategy.all_reduce_mean)
     trainer = _FixedLatents(cfg, strategy, G_ema, phases, stream, precision, augment, Tracker(), no_evaluation,
-                            None, tmp, channels=2)
+                            None, (), tmp, channels=2)
     trainer.train_step()
     out = {f"{n}.{k}": v.detach().clone() for n in ("G", "D") for k, v in strategy.module(n).state_dict().items()}
     out.update({f"{n}.exp_avg": _first_moments(strategy, n) for n in ("G", "D")})

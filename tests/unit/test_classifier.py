@@ -57,3 +57,14 @@ def test_class_match_is_per_asked_for_class():
     predicted[(asked == 2).nonzero().squeeze(1)[::2]] = 0
     got = class_match(predicted, asked)
     assert got["class_match_min"] == pytest.approx(0.5) and got["class_match"] == pytest.approx(2.5 / 3)
+
+
+def test_training_or_loading_the_classifier_leaves_the_global_rng_alone(tmp_path):
+    """Metrics run inside training: a cache hit that initialised a net from the global RNG
+    moved the run's stream, so a resumed run (which loads what the first one trained) drifted."""
+    gen = torch.Generator().manual_seed(0)
+    data = (torch.rand(64, 1, 16, 16, generator=gen) * 2 - 1, torch.arange(64) % 2)
+    for cache in ("miss", "hit"):
+        state = torch.get_rng_state()
+        load_or_train(tmp_path, "rng", lambda: data, classes=2, steps=3)
+        assert torch.equal(torch.get_rng_state(), state), cache
