@@ -42,7 +42,10 @@ def register_run(uri: str, run_id: str, name: str, alias: str | None = None, che
         G, cfg = load_generator(local)
         names = read_meta(local).get("class_names") if cfg.model.conditional else None
     # log_model checks the example by running it; a batch of one breaks BatchNorm-style layers.
-    example = torch.randn(2, cfg.model.z_dim, generator=torch.Generator().manual_seed(0)).numpy()
+    gen = torch.Generator().manual_seed(0)
+    m = cfg.model
+    example = (torch.rand(2, m.input_channels, m.resolution, m.resolution, generator=gen) * 2 - 1 if cfg.is_translation
+               else torch.randn(2, m.z_dim, generator=gen)).numpy()
     signature = None
     if cfg.model.conditional:  # the exported program takes (z, labels), which MLflow cannot infer
         from mlflow.models import ModelSignature
@@ -55,6 +58,9 @@ def register_run(uri: str, run_id: str, name: str, alias: str | None = None, che
                            TensorSpec(np.dtype(np.int64), (-1,), "labels")]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *out.shape[1:]))]))
     metadata = {"config": cfg.model_dump(mode="json")}  # latent size, data and metrics for sample/eval
+    if cfg.is_translation:  # what `gantry translate` and a model browser read: image in, image out
+        metadata["task"] = {"kind": "translation", "input": [m.input_channels, m.resolution, m.resolution],
+                            "output": [G.channels, m.resolution, m.resolution]}
     if names:
         metadata["class_names"] = names
     mlflow.set_tracking_uri(uri)

@@ -1,7 +1,9 @@
 """`gantry eval SOURCE [key=value ...]`: score a checkpoint's G_ema or a registered model.
 
 2-D toy data: modes covered and high-quality samples. Images: the metrics of the run's `eval`
-section (FID, KID, precision/recall, class coverage) against its shard set. Dotted overrides
+section (FID, KID, precision/recall, class coverage) against its shard set. Translation models
+(pix2pix): L1, PSNR, SSIM, FID and class match of G(A) against B on the held-out pairs
+(`--n` of them). Dotted overrides
 change the stored config for this evaluation only, e.g. `eval.features=inception`,
 `eval.metrics=[fid,kid,pr]` or `data.path=other/shards`.
 """
@@ -34,6 +36,13 @@ def run(args) -> int:
     n = args.n if args.n is not None else (10_000 if cfg.is_toy else cfg.eval.n_fake)
     if n <= 0:
         raise GantryError(f"--n must be positive, got {n}")
+    if cfg.is_translation:
+        from pipeline.evaluation import TranslationEvaluator
+        from pipeline.shards.manifest import load_manifest
+        cfg = with_overrides(cfg, [f"eval.n_fake={n}"], args.checkpoint)
+        scores = TranslationEvaluator.from_config(cfg, load_manifest(cfg.data.path), "", "cpu").score(G)
+        print(json.dumps(scores) if args.json else ", ".join(f"{k} {v:.4g}" for k, v in scores.items()) + f" (n={n})")
+        return 0
     # a conditional model's classes in turn (a registered one takes its labels explicitly)
     labels = torch.arange(n) % cfg.model.classes if cfg.model.conditional else None
     samples = generate(G, n, cfg.model.z_dim, args.seed, batch=250, labels=labels)

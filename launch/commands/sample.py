@@ -51,6 +51,9 @@ def run(args) -> int:
     if args.n <= 0 or (args.per_class is not None and args.per_class <= 0):
         raise ConfigError(f"--{'n' if args.n <= 0 else 'per-class'} must be positive")
     G, cfg = load_generator_from(args.checkpoint, args.uri)
+    if cfg.is_translation:
+        raise ConfigError(f"{args.checkpoint} is a translation model: it draws from input images, not noise; "
+                          f"use gantry translate")
     allowed = (".npy", ".npz") if cfg.is_toy else (".png", ".npz", "dir")
     if kind not in allowed:
         raise ConfigError(f"--out {args.out}: this model makes "
