@@ -10,11 +10,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("logistic", "hinge", "wgan-gp")
+LOSSES = ("logistic", "hinge", "wgan-gp", "rpgan")
 
 
 def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """D's loss on a real and a fake batch of logits (same B)."""
+    """D's loss on a real and a fake batch of logits (same B). 'rpgan' (relativistic pairing,
+    Jolicoeur-Martineau 2019; the loss of Huang et al. 2024's R3GAN) pairs real i with fake i:
+    softplus(D(fake) - D(real))."""
     real, fake = real_logits.float(), fake_logits.float()
     if kind == "logistic":
         return F.softplus(-real) + F.softplus(fake)
@@ -22,12 +24,19 @@ def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> t
         return F.relu(1 - real) + F.relu(1 + fake)
     if kind == "wgan-gp":
         return fake - real
+    if kind == "rpgan":
+        return F.softplus(fake - real)
     raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
 
 
-def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
-    """G's loss. 'logistic' is the non-saturating form: G maximises log D(G(z))."""
+def g_loss(kind: str, fake_logits: torch.Tensor, real_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """G's loss. 'logistic' is the non-saturating form: G maximises log D(G(z)). 'rpgan' needs
+    the logits of a real batch of the same size, paired as in d_loss: softplus(D(real) - D(fake))."""
     fake = fake_logits.float()
+    if kind == "rpgan":
+        if real_logits is None:
+            raise ValueError("the rpgan G loss pairs each fake with a real sample: pass real_logits")
+        return F.softplus(real_logits.float() - fake)
     if kind == "logistic":
         return F.softplus(-fake)
     if kind in ("hinge", "wgan-gp"):
@@ -46,7 +55,8 @@ def _input_grad(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> t
 
 
 def r1_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor) -> torch.Tensor:
-    """R1 (Mescheder et al. 2018): ||grad_x D(x)||^2 on real samples, per sample (B,).
+    """R1 (Mescheder et al. 2018): ||grad_x D(x)||^2 on real samples, per sample (B,). The same
+    function on generated samples is R2.
 
     `+ 0 * D(x)` gives every D parameter a gradient, zero where R1 does not reach it (D's last
     bias): then one process, DDP and ZeRO's flat partitions all step the same parameter set

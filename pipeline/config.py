@@ -55,9 +55,10 @@ class ModelConfig(Section):
 
 
 class LossConfig(Section):
-    kind: Literal["logistic", "hinge", "wgan-gp"] = "logistic"
+    kind: Literal["logistic", "hinge", "wgan-gp", "rpgan"] = "logistic"
     r1_gamma: float = Field(0.0, ge=0, description="R1 weight on real images; 0 turns it off")
-    r1_interval: int = Field(16, gt=0, description="lazy R1: every N D steps, scaled by N")
+    r2_gamma: float = Field(0.0, ge=0, description="R2 weight on generated images (R1's mirror); 0 turns it off")
+    r1_interval: int = Field(16, gt=0, description="lazy R1 and R2: every N D steps, scaled by N; 1 is plain")
     gp_weight: float = Field(10.0, ge=0, description="gradient penalty weight for wgan-gp")
     l1_weight: float = Field(100.0, ge=0, description="pix2pix: weight of the L1 distance of G(A) to B")
     adv_weight: float = Field(1.0, ge=0, description="pix2pix: weight of G's adversarial term; 0 trains "
@@ -213,8 +214,9 @@ class RunConfig(Section):
     def _cross_checks(self):
         if self.train.batch % self.workers:
             raise ValueError(f"train.batch ({self.train.batch}) is not divisible by workers ({self.workers})")
-        if self.strategy.kind == "deepspeed" and self.strategy.zero_stage == 3 and self.loss.r1_gamma > 0:
-            raise ValueError("strategy.zero_stage 3 cannot run R1 (loss.r1_gamma > 0); use stage 0-2")
+        if self.strategy.kind == "deepspeed" and self.strategy.zero_stage == 3 and (
+                self.loss.r1_gamma > 0 or self.loss.r2_gamma > 0):
+            raise ValueError("strategy.zero_stage 3 cannot run R1 or R2 (loss.r1_gamma, r2_gamma > 0); use stage 0-2")
         if self.strategy.kind == "deepspeed" and self.train.precision == "fp16":
             raise ValueError("strategy.kind 'deepspeed' cannot run train.precision 'fp16' (its fp16 "
                              "engine holds fp16 weights); use bf16, fp32 or auto")

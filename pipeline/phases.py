@@ -49,14 +49,17 @@ def build_phases(cfg: RunConfig, augment: Augment, precision: Precision,
     return generation_phases(cfg, augment, precision, reduce)
 
 
-PenaltyD = Callable[[Callable, Batch], Callable[[torch.Tensor], torch.Tensor]]
+PenaltyD = Callable[[Callable, Batch, bool], Callable[[torch.Tensor], torch.Tensor]]
+MakeFake = Callable[[Callable, Batch], torch.Tensor]
 
 
-def _d_phases(cfg: RunConfig, d_forward, penalty_D: PenaltyD) -> list[Phase]:
-    """D main (x n_critic; with the gradient penalty under wgan-gp), then lazy R1 on the reals
-    D main just saw. `d_forward(G, D, batch) -> (loss, stats, fake)`; `penalty_D(D, batch)` is
-    the function of a real sample the penalties differentiate (per-sample logits)."""
-    gp_weight, r1_gamma = cfg.loss.gp_weight, cfg.loss.r1_gamma
+def _d_phases(cfg: RunConfig, d_forward, penalty_D: PenaltyD, make_fake: MakeFake) -> list[Phase]:
+    """D main (x n_critic; with the gradient penalty under wgan-gp), then R1 on the reals D main
+    just saw and R2 on fakes of the same latents (inputs), lazy at `r1_interval` (1: plain).
+    `d_forward(G, D, batch) -> (loss, stats, fake)`; `penalty_D(D, batch, fake)` is the function
+    of a real (fake=False) or generated sample the penalties differentiate (per-sample logits);
+    `make_fake(G, batch)` is G's output for the batch."""
+    gp_weight, r1_gamma, r2_gamma = cfg.loss.gp_weight, cfg.loss.r1_gamma, cfg.loss.r2_gamma
 
     def d_main(G, D, batch):
         loss, stats, _ = d_forward(G, D, batch)
@@ -64,26 +67,35 @@ def _d_phases(cfg: RunConfig, d_forward, penalty_D: PenaltyD) -> list[Phase]:
 
     def d_main_gp(G, D, batch):
         loss, stats, fake = d_forward(G, D, batch)
-        gp = gradient_penalty(penalty_D(D, batch), batch.real, fake)
+        gp = gradient_penalty(penalty_D(D, batch, False), batch.real, fake)
         stats["gp"] = gp.detach().mean()
         return loss + gp_weight * gp, stats
 
     def d_r1(G, D, batch):
-        r1 = r1_penalty(penalty_D(D, batch), batch.real)
+        r1 = r1_penalty(penalty_D(D, batch, False), batch.real)
         return r1 * (r1_gamma / 2), {"r1": r1.detach().mean()}
+
+    def d_r2(G, D, batch):
+        with torch.no_grad():
+            fake = make_fake(G, batch)
+        r2 = r1_penalty(penalty_D(D, batch, True), fake)
+        return r2 * (r2_gamma / 2), {"r2": r2.detach().mean()}
 
     phases = [Phase("D_main", "D", 1, cfg.train.n_critic, 1.0, "real",
                     d_main_gp if cfg.loss.kind == "wgan-gp" else d_main)]
+    interval = cfg.loss.r1_interval
     if r1_gamma > 0:
-        interval = cfg.loss.r1_interval
         phases.append(Phase("D_r1", "D", interval, 1, float(interval), "same", d_r1))
+    if r2_gamma > 0:
+        phases.append(Phase("D_r2", "D", interval, 1, float(interval), "same", d_r2))
     return phases
 
 
 def generation_phases(cfg: RunConfig, augment: Augment, precision: Precision,
                       reduce: Callable[[torch.Tensor], torch.Tensor]) -> list[Phase]:
-    """G draws from noise: D's phases, then G main on new latents. `reduce` averages a
-    statistic over ranks (ADA's overfitting signal must agree everywhere)."""
+    """G draws from noise: D's phases, then G main on new latents (rpgan also reads D on the
+    real batch D main saw, which the new latents keep). `reduce` averages a statistic over
+    ranks (ADA's overfitting signal must agree everywhere)."""
     kind, global_batch = cfg.loss.kind, cfg.train.batch
 
     def d_forward(G, D, batch):
@@ -97,12 +109,16 @@ def generation_phases(cfg: RunConfig, augment: Augment, precision: Precision,
     def g_main(G, D, batch):
         with precision.autocast():
             fake_logits = D(augment(G(batch.z, batch.c_z)), batch.c_z)
-        return g_loss(kind, fake_logits), {}
+            real_logits = D(augment(batch.real), batch.c) if kind == "rpgan" else None
+        return g_loss(kind, fake_logits, real_logits), {}
 
-    def penalty_D(D, batch):
-        return lambda x: D(augment(x), batch.c)
+    def penalty_D(D, batch, fake):
+        return lambda x: D(augment(x), batch.c_z if fake else batch.c)
 
-    return _d_phases(cfg, d_forward, penalty_D) + [Phase("G_main", "G", 1, 1, 1.0, "latents", g_main)]
+    def make_fake(G, batch):
+        return G(batch.z, batch.c_z)
+
+    return _d_phases(cfg, d_forward, penalty_D, make_fake) + [Phase("G_main", "G", 1, 1, 1.0, "latents", g_main)]
 
 
 def translation_phases(cfg: RunConfig, precision: Precision) -> list[Phase]:
@@ -126,15 +142,19 @@ def translation_phases(cfg: RunConfig, precision: Precision) -> list[Phase]:
     def g_main(G, D, batch):
         with precision.autocast():
             fake = G(batch.c)
-            adv = g_loss(kind, per_sample(D(batch.c, fake))) if adv_weight else None
+            real_logits = per_sample(D(batch.c, batch.real)) if adv_weight and kind == "rpgan" else None
+            adv = g_loss(kind, per_sample(D(batch.c, fake)), real_logits) if adv_weight else None
         l1 = (fake.float() - batch.real.float()).abs().flatten(1).mean(1)
         if adv is None:
             return l1_weight * l1, {"l1": l1.detach().mean()}
         return adv_weight * adv + l1_weight * l1, {"l1": l1.detach().mean(), "adv": adv.detach().mean()}
 
-    def penalty_D(D, batch):
+    def penalty_D(D, batch, fake):
         return lambda b: per_sample(D(batch.c, b))
+
+    def make_fake(G, batch):
+        return G(batch.c)
 
     if not adv_weight:
         return [Phase("G_main", "G", 1, 1, 1.0, "real", g_main)]
-    return _d_phases(cfg, d_forward, penalty_D) + [Phase("G_main", "G", 1, 1, 1.0, "same", g_main)]
+    return _d_phases(cfg, d_forward, penalty_D, make_fake) + [Phase("G_main", "G", 1, 1, 1.0, "same", g_main)]

@@ -1,6 +1,6 @@
 """The alternating GAN loop. One training step, top to bottom:
 
-    for each phase (D_main x n_critic, D_r1 every r1_interval steps, G_main):
+    for each phase (D_main x n_critic, D_r1 and D_r2 every r1_interval steps, G_main):
         make that network trainable, the other frozen
         draw what the phase needs (real batch + latents, latents, or the last batch)
         loss = phase.loss(G, D, batch)          # under autocast; reductions in fp32

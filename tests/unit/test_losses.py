@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from models.losses import d_loss, g_loss, gradient_penalty, r1_penalty
@@ -27,6 +28,16 @@ def test_hinge_closed_form():
 def test_wgan_closed_form():
     torch.testing.assert_close(d_loss("wgan-gp", REAL, FAKE), FAKE - REAL)
     torch.testing.assert_close(g_loss("wgan-gp", FAKE), -FAKE)
+
+
+def test_rpgan_closed_form_pairs_each_real_with_its_fake():
+    pairs = list(zip(REAL.tolist(), FAKE.tolist()))
+    torch.testing.assert_close(d_loss("rpgan", REAL, FAKE), torch.tensor([sp(f - r) for r, f in pairs]))
+    torch.testing.assert_close(g_loss("rpgan", FAKE, REAL), torch.tensor([sp(r - f) for r, f in pairs]))
+    # the pairing is by position: shuffling the fakes changes the loss (a mean over all pairs would not)
+    assert not torch.allclose(d_loss("rpgan", REAL, FAKE.flip(0)), d_loss("rpgan", REAL, FAKE))
+    with pytest.raises(ValueError, match="pass real_logits"):
+        g_loss("rpgan", FAKE)
 
 
 def test_losses_are_fp32_from_bf16_logits():
