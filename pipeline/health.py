@@ -11,7 +11,9 @@ Signals, checked as the trainer reports them:
   this one; both window rules wait for a full window (again after a rollback).
 - mode collapse: the diversity (mean pairwise distance in some feature space) of G's images
   for a fixed latent batch falls below `collapse_ratio` times its running baseline (an EMA of
-  the healthy readings, seeded by the first `warmup` ones).
+  the healthy readings, seeded by the first `warmup` ones), or, from the first reading, below
+  `real_ratio` times the diversity of as many real samples (the caller reads those: a G
+  collapsed before the baseline formed sets a collapsed baseline).
 
 The monitor does no I/O: each check returns a `Decision` and the caller acts on it:
 'warn' log it; 'stop' end the run; 'rollback' restore the last good checkpoint and multiply
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -45,6 +47,13 @@ class Decision:
 OK = Decision("ok")
 
 
+class Probe(NamedTuple):
+    """What the diversity readings compare: G's fixed inputs, and the diversity of as many real
+    samples in the same space (None where unknown)."""
+    inputs: tuple[torch.Tensor, ...]
+    real_diversity: float | None = None
+
+
 def diversity(features: torch.Tensor) -> float:
     """Mean pairwise Euclidean distance of (N, D) features (images are flattened)."""
     f = features.detach().float().flatten(1)
@@ -55,7 +64,7 @@ class HealthMonitor:
     def __init__(self, policy: str = "warn", window: int = 20, d_floor: float = 0.05, g_rise: float = 1.0,
                  max_skipped: float = 0.5, collapse_ratio: float = 0.3, warmup: int = 3,
                  baseline_beta: float = 0.9, lr_scale: float = 0.5, max_rollbacks: int = 3,
-                 max_loss: float = 50.0):
+                 max_loss: float = 50.0, real_ratio: float = 0.0):
         if policy not in POLICIES:
             raise ValueError(f"unknown health policy {policy!r}; expected one of {', '.join(POLICIES)}")
         if window < 4:
@@ -63,7 +72,8 @@ class HealthMonitor:
         self.policy, self.window, self.d_floor, self.g_rise = policy, window, d_floor, g_rise
         self.max_skipped, self.collapse_ratio, self.warmup = max_skipped, collapse_ratio, warmup
         self.baseline_beta, self.lr_scale, self.max_rollbacks = baseline_beta, lr_scale, max_rollbacks
-        self.max_loss = max_loss
+        self.max_loss, self.real_ratio = max_loss, real_ratio
+        self.last_diversity: float | None = None  # the latest reading, for the trainer to log
         self.rollbacks = 0
         self.baseline: float | None = None
         self._losses: deque[tuple[float, float]] = deque(maxlen=window)
@@ -73,7 +83,7 @@ class HealthMonitor:
     def from_config(cls, h) -> "HealthMonitor":
         """From a `HealthConfig` section."""
         return cls(h.policy, h.window, h.d_floor, h.g_rise, h.max_skipped, h.collapse_ratio,
-                   h.warmup, h.baseline_beta, h.lr_scale, h.max_rollbacks, h.max_loss)
+                   h.warmup, h.baseline_beta, h.lr_scale, h.max_rollbacks, h.max_loss, h.real_ratio)
 
     # ---- checks -------------------------------------------------------------------------
 
@@ -106,11 +116,17 @@ class HealthMonitor:
                                            f"{g_early:.3g} -> {g_late:.3g} over {self.window} reports")
         return OK
 
-    def check_diversity(self, step: int, features: torch.Tensor) -> Decision:
-        """Features (N, D) of G's images for the same fixed latents every time."""
+    def check_diversity(self, step: int, features: torch.Tensor, real_diversity: float | None = None) -> Decision:
+        """Features (N, D) of G's images for the same fixed inputs every time, and the same
+        measure on as many real samples. The baseline rule compares a reading with the run's
+        own first ones, so it cannot see a G that collapsed before them; the real-data rule
+        (real_ratio > 0) can, from the first reading."""
         if not torch.isfinite(features).all():
             return self._act("divergence", f"step {step}: non-finite generator output")
-        value = diversity(features)
+        value = self.last_diversity = diversity(features)
+        if real_diversity and self.real_ratio > 0 and value < self.real_ratio * real_diversity:
+            return self._act("mode_collapse", f"step {step}: diversity {value:.3g} is below {self.real_ratio:g} x "
+                                              f"the real data's {real_diversity:.3g}")
         self._readings += 1
         if self.baseline is None or self._readings <= self.warmup:
             # The first readings seed the baseline: their mean, never a verdict.

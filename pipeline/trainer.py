@@ -23,7 +23,7 @@ from pipeline import checkpoint, console, storage
 from pipeline.config import RunConfig
 from pipeline.errors import GantryError
 from pipeline.evaluation import headline, quality_score
-from pipeline.health import Decision, HealthMonitor
+from pipeline.health import Decision, HealthMonitor, Probe
 from pipeline.phases import Batch, Phase
 from pipeline.precision import Precision
 from pipeline.step_stats import StepStats
@@ -36,16 +36,17 @@ PROGRESS_EVERY_S = 2.0  # a progress line at most this often: each one crosses R
 class Trainer:
     def __init__(self, cfg: RunConfig, strategy: Strategy, G_ema: torch.nn.Module, phases: list[Phase],
                  stream, precision: Precision, augment, tracker: Tracker, evaluator, health: HealthMonitor | None,
-                 probe: tuple[torch.Tensor, ...], run_dir: str, channels: int,
+                 probe: Probe, run_dir: str, channels: int,
                  on_checkpoint: Callable[[str | None, dict], None] | None = None):
-        """`cfg` gives the schedule (train.*) and base learning rates; `probe` is G's input for the
-        health monitor's diversity readings (pipeline/worker.health_probe); `on_checkpoint(path, info)`
+        """`cfg` gives the schedule (train.*) and base learning rates; `probe` holds G's input for
+        the health monitor's diversity readings and the real data's diversity
+        (pipeline/worker.health_probe); `on_checkpoint(path, info)`
         runs on every rank after each save (path on rank 0, None elsewhere): launchers use it to
         report progress, e.g. the Ray launcher's metrics to Ray Train."""
         self.cfg, self.strategy, self.G_ema, self.phases = cfg, strategy, G_ema, phases
         self.stream, self.precision, self.augment, self.tracker = stream, precision, augment, tracker
         self.evaluator, self.health, self.run_dir, self.channels = evaluator, health, run_dir, channels
-        self.probe = tuple(t.to(strategy.device) for t in probe)
+        self.probe = Probe(tuple(t.to(strategy.device) for t in probe.inputs), probe.real_diversity)
         self.on_checkpoint = on_checkpoint
         self.device = strategy.device
         self.local_batch = cfg.rank_batch(strategy.world_size)
@@ -161,7 +162,11 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         if self.health:
             with torch.no_grad():
-                self._respond(self.health.check_diversity(self.step, self.G_ema(*self.probe)))
+                out = self.G_ema(*self.probe.inputs)
+            decision = self.health.check_diversity(self.step, out, self.probe.real_diversity)
+            readings = {"diversity": self.health.last_diversity, "real_diversity": self.probe.real_diversity}
+            self.tracker.log_metrics({k: v for k, v in readings.items() if v is not None}, self.step)
+            self._respond(decision)
         self.last_eval = self.evaluator(self.G_ema, self.step, self.tracker)
         if self.last_eval:
             self._say(f"eval at kimg {self.kimg:.2f}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.last_eval.items()))

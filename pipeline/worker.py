@@ -21,7 +21,7 @@ from pipeline.allocator import keep_freed_memory
 from pipeline.config import ConfigError, OptimConfig, RunConfig, to_yaml, with_overrides
 from pipeline.errors import GantryError
 from pipeline.evaluation import ImageEvaluator, MixtureEvaluator, TranslationEvaluator, no_evaluation
-from pipeline.health import HealthMonitor
+from pipeline.health import HealthMonitor, Probe, diversity
 from pipeline.mixtures import MixtureStream
 from pipeline.phases import build_phases
 from pipeline.precision import choose_precision
@@ -194,15 +194,23 @@ def make_evaluator(cfg: RunConfig, stream, run_dir: str, device, comm=None):
                           seed=cfg.seed + 12345, comm=comm, classes=cfg.model.classes if cfg.model.conditional else 0)
 
 
-def health_probe(cfg: RunConfig, stream) -> tuple[torch.Tensor, ...]:
+def health_probe(cfg: RunConfig, stream) -> Probe:
     """G's inputs for the health monitor's diversity readings, the same at every reading and on
-    every rank: fixed latents, or for translation the first held-out inputs A."""
+    every rank (fixed latents, or for translation the first held-out inputs A), and the
+    diversity of as many real samples: the first ones of the shards (reading only the shards
+    that hold them), or toy points from a fixed seed."""
     n = cfg.health.diversity_samples
+    z = torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 777))
+    if cfg.is_toy:
+        d = cfg.data
+        real, _ = next(MixtureStream(d.source, d.modes, d.std, d.radius, n, seed=cfg.seed + 778))
+        return Probe((z,), diversity(real))
+    from pipeline.metrics.image_eval import read_pairs, read_real
+    m = stream.manifest
     if cfg.is_translation:
-        from pipeline.metrics.image_eval import read_pairs
-        m = stream.manifest
-        return (read_pairs(m, n, cfg.seed, heldout=bool(m.heldout))[0],)
-    return (torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 777)),)
+        a, b, _ = read_pairs(m, n, heldout=bool(m.heldout), head=True)
+        return Probe((a,), diversity(b))
+    return Probe((z,), diversity(read_real(m, n, head=True)[0]))
 
 
 def run_tags(cfg: RunConfig, stream, strategy: Strategy, precision) -> dict[str, str]:

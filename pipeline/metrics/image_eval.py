@@ -46,26 +46,31 @@ def data_key(m: Manifest) -> str:
     return f"{m.name}-v{m.version}-r{m.resolution}-{digest}"
 
 
-def read_real(m: Manifest, n: int | None = None, seed: int = 0, heldout: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def read_real(m: Manifest, n: int | None = None, seed: int = 0, heldout: bool = False,
+              head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """n samples drawn without replacement (seeded; all when n is None or >= the set), in shard
     order, as float (n, C, R, R) in [-1, 1] and int64 labels; from the held-out split with
-    `heldout`. Of paired shards, the targets B. Shards are checked against the manifest; anything
-    wrong is a GantryError, since statistics from damaged data mislead."""
-    images, _, labels = _read(m, n, seed, heldout)
+    `heldout`; with `head` the first n, which reads only the shards that hold them. Of paired
+    shards, the targets B. Shards are checked against the manifest; anything wrong is a
+    GantryError, since statistics from damaged data mislead."""
+    images, _, labels = _read(m, n, seed, heldout, head)
     return images, labels
 
 
-def read_pairs(m: Manifest, n: int | None = None, seed: int = 0,
-               heldout: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def read_pairs(m: Manifest, n: int | None = None, seed: int = 0, heldout: bool = False,
+               head: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As read_real, for paired shards: (A, B, labels), labels -1 where the shards have none."""
-    b, a, labels = _read(m, n, seed, heldout)
+    b, a, labels = _read(m, n, seed, heldout, head)
     return a, b, labels
 
 
-def _read(m: Manifest, n: int | None, seed: int, heldout: bool):
+def _read(m: Manifest, n: int | None, seed: int, heldout: bool, head: bool):
     entries = m.heldout if heldout else m.shards
     total = sum(e.samples for e in entries)
-    chosen = np.sort(np.random.default_rng(seed).permutation(total)[:n]) if n and n < total else np.arange(total)
+    if n is None or n >= total:
+        chosen = np.arange(total)
+    else:
+        chosen = np.arange(n) if head else np.sort(np.random.default_rng(seed).permutation(total)[:n])
     images, inputs, labels, start = [], [], [], 0
     for entry in entries:
         wanted = chosen[(chosen >= start) & (chosen < start + entry.samples)] - start

@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 from models.augment import Augment
 from pipeline.config import from_dict
 from pipeline.evaluation import no_evaluation
+from pipeline.health import Probe
 from pipeline.phases import build_phases
 from pipeline.precision import choose_precision
 from pipeline.tracking import Tracker
@@ -95,7 +96,7 @@ def _one_step(cfg, strategy, tmp) -> dict:
     augment = Augment()
     phases = build_phases(cfg, augment, precision, reduce=strategy.all_reduce_mean)
     trainer = _FixedLatents(cfg, strategy, G_ema, phases, stream, precision, augment, Tracker(), no_evaluation,
-                            None, (), tmp, channels=2)
+                            None, Probe(()), tmp, channels=2)
     trainer.train_step()
     out = {f"{n}.{k}": v.detach().clone() for n in ("G", "D") for k, v in strategy.module(n).state_dict().items()}
     out.update({f"{n}.exp_avg": _first_moments(strategy, n) for n in ("G", "D")})

@@ -9,6 +9,7 @@ import torch
 from models.augment import Augment
 from pipeline.config import ConfigError, from_dict
 from pipeline.evaluation import no_evaluation
+from pipeline.health import Probe
 from pipeline.phases import build_phases
 from pipeline.precision import choose_precision
 from pipeline.strategy.single import SingleStrategy
@@ -118,7 +119,7 @@ def test_every_image_family_trains_its_label_parts_with_r1_augmentation_and_ema(
     phases = build_phases(cfg, augment, precision, reduce=strategy.all_reduce_mean)
     assert "D_r1" in [p.name for p in phases]
     trainer = Trainer(cfg, strategy, G_ema, phases, _LabelledImages(ARCHS[arch]["resolution"]), precision,
-                      augment, Tracker(), no_evaluation, None, (), tmp_path, channels=1)
+                      augment, Tracker(), no_evaluation, None, Probe(()), tmp_path, channels=1)
     nets = {"G": strategy.module("G"), "D": strategy.module("D"), "G_ema": G_ema}
     label_parts = {(n, k): v.detach().clone() for n, net in nets.items()
                    for k, v in net.state_dict().items() if "embed" in k or "project" in k}

@@ -147,3 +147,22 @@ def test_policy_and_window_are_validated():
 def test_from_config():
     mon = HealthMonitor.from_config(HealthConfig(policy="rollback", window=8, max_rollbacks=1))
     assert (mon.policy, mon.window, mon.max_rollbacks) == ("rollback", 8, 1)
+
+
+def test_a_generator_collapsed_from_the_start_is_flagged_against_the_real_data():
+    """The baseline rule learns 'normal' from the run's own first readings: a G that is collapsed
+    by then sets a collapsed baseline and is never flagged. The real data's diversity is known
+    from the start."""
+    g = torch.Generator().manual_seed(3)
+    collapsed = [torch.randn(1, 16, generator=g) + 0.01 * torch.randn(64, 16, generator=g) for _ in range(6)]
+    real = diversity(torch.randn(64, 16, generator=g))
+    baseline_only = HealthMonitor(policy="warn", warmup=3)
+    assert all(baseline_only.check_diversity(step, x, real).ok for step, x in enumerate(collapsed))
+    mon = HealthMonitor(policy="warn", warmup=3, real_ratio=0.3)
+    first = mon.check_diversity(0, collapsed[0], real)
+    assert first.problem == "mode_collapse" and "the real data's" in first.reason
+    assert mon.last_diversity == pytest.approx(diversity(collapsed[0]))
+    # a healthy G is as diverse as the data and stays quiet, with or without a reading of it
+    healthy = HealthMonitor(policy="warn", warmup=3, real_ratio=0.3)
+    assert all(healthy.check_diversity(step, torch.randn(64, 16, generator=g), real).ok for step in range(6))
+    assert healthy.check_diversity(6, torch.randn(64, 16, generator=g), None).ok

@@ -7,6 +7,7 @@ import torch
 from models.augment import Augment
 from pipeline.config import from_dict
 from pipeline.evaluation import no_evaluation
+from pipeline.health import Probe
 from pipeline.phases import build_phases
 from pipeline.precision import choose_precision
 from pipeline.strategy.single import SingleStrategy
@@ -37,7 +38,7 @@ def test_skipped_steps_are_counted_once_whatever_the_world_size(tmp_path):
     augment = Augment()
     phases = build_phases(cfg, augment, precision, reduce=strategy.all_reduce_mean)
     trainer = Trainer(cfg, strategy, G_ema, phases, _NaNPoints(), precision, augment, Tracker(), no_evaluation,
-                      None, (), tmp_path, channels=2)
+                      None, Probe(()), tmp_path, channels=2)
     for _ in range(3):
         trainer.train_step()
     metrics = trainer.stats.read(strategy.all_reduce_mean)
@@ -85,7 +86,7 @@ def test_img_per_s_after_an_eval_is_the_training_rate(tmp_path):
 
     tracker = _Rates()
     trainer = Trainer(cfg, strategy, G_ema, phases, _Points(), precision, augment, tracker, slow_evaluation,
-                      None, (), tmp_path, channels=2)
+                      None, Probe(()), tmp_path, channels=2)
     trainer.train()
     assert len(evals) == 3 and len(tracker.rates) == 10  # evals at steps 4, 8 and the last, 10
     assert min(tracker.rates) > 16 / 0.5, tracker.rates
