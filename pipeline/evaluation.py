@@ -149,23 +149,25 @@ class TranslationEvaluator:
         return cls(manifest, run_dir, metrics, e.n_fake, seed=cfg.seed + 12345)
 
     def __call__(self, G, step: int, tracker: Tracker) -> dict[str, float]:
-        scores = self.score(G)
+        scores, out = self._translate_and_score(G)
         tracker.log_metrics(scores, step)
         a, b, _ = self._held_out()
         k = self.n_grid
-        out = translate(G, a[:k])
-        grid = image_grid(torch.stack(_same_channels(a[:k], out, b[:k]), 1).flatten(0, 1), cols=3)
+        grid = image_grid(torch.stack(_same_channels(a[:k], out[:k], b[:k]), 1).flatten(0, 1), cols=3)
         save_png(grid, storage.join(self.run_dir, "samples", f"grid-{step:09d}.png"))
         tracker.log_image(grid, "samples", step)
         return scores
 
     def score(self, G) -> dict[str, float]:
+        return self._translate_and_score(G)[0]
+
+    def _translate_and_score(self, G) -> tuple[dict[str, float], torch.Tensor]:
         a, b, labels = self._held_out()
         out = translate(G, a)
         scores = pair_scores(out, b)
         if self.metrics is not None:
             scores.update(self._feature_scores(out, b, labels))
-        return scores
+        return scores, out
 
     def _held_out(self):
         if self._pairs is None:

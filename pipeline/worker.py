@@ -198,7 +198,9 @@ def health_probe(cfg: RunConfig, stream) -> Probe:
     """G's inputs for the health monitor's diversity readings, the same at every reading and on
     every rank (fixed latents, or for translation the first held-out inputs A), and the
     diversity of as many real samples: the first ones of the shards (reading only the shards
-    that hold them), or toy points from a fixed seed."""
+    that hold them), or toy points from a fixed seed. Without health checks, nothing is read."""
+    if not cfg.health.enabled:
+        return Probe(())
     n = cfg.health.diversity_samples
     z = torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 777))
     if cfg.is_toy:

@@ -31,7 +31,6 @@ from pipeline.metrics import classifier as clf
 from pipeline.metrics.cas import synthetic_data_scores
 from pipeline.metrics.fid import GaussianStats, frechet_distance, kid
 from pipeline.metrics.precision_recall import precision_recall
-from pipeline.shards.imaging import decode_pair, decode_sample
 from pipeline.shards.manifest import Manifest, check_shard_bytes, load_manifest
 from pipeline.shards.verify import read_samples
 
@@ -86,13 +85,11 @@ def _read(m: Manifest, n: int | None, seed: int, heldout: bool, head: bool):
         keys = list(samples)
         for i in wanted:
             try:
-                if m.task == "pairs":
-                    a, img, label = decode_pair(samples[keys[i]], m.resolution, m.channels_a, m.channels_b, m.classes)
-                    inputs.append(a)
-                else:
-                    img, label = decode_sample(samples[keys[i]], m.resolution, m.channels, m.classes)
+                img, a, label = m.decode_labelled(samples[keys[i]])
             except (ValueError, IndexError) as e:
                 raise GantryError(f"{path}: sample {i}: {e}") from None
+            if a is not None:
+                inputs.append(a)
             images.append(img)
             labels.append(-1 if label is None else label)
     return _to_tensor(images), _to_tensor(inputs) if inputs else None, torch.tensor(labels, dtype=torch.int64)

@@ -73,10 +73,17 @@ class Manifest:
     def decode(self, files: dict):
         """A grouped shard sample ({ext: bytes}) -> (image, what it is conditioned on): its label,
         or for pairs (B, A). ValueError says why it is unusable."""
+        image, a, label = self.decode_labelled(files)
+        return (image, a) if self.task == "pairs" else (image, label)
+
+    def decode_labelled(self, files: dict):
+        """-> (image, input A or None, label or None): B, A and the label of a pair; an image and
+        its label otherwise."""
         if self.task == "pairs":
-            a, b, _ = decode_pair(files, self.resolution, self.channels_a, self.channels_b, self.classes)
-            return b, a
-        return decode_sample(files, self.resolution, self.channels, self.classes)
+            a, b, label = decode_pair(files, self.resolution, self.channels_a, self.channels_b, self.classes)
+            return b, a, label
+        image, label = decode_sample(files, self.resolution, self.channels, self.classes)
+        return image, None, label
 
     def path(self, entry: ShardEntry) -> str:
         return storage.join(self.root, entry.url)
