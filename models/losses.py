@@ -44,25 +44,35 @@ def g_loss(kind: str, fake_logits: torch.Tensor, real_logits: torch.Tensor | Non
     raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
 
 
-def _input_grad(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (grad_x D(x) flattened per sample, D(x)). fp32 on purpose: squared gradient norms
-    underflow and overflow in half precision."""
+def fp32_forward(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (x as an fp32 leaf that requires grad, D(x) in fp32 outside autocast). fp32 on purpose:
+    squared gradient norms underflow and overflow in half precision."""
     x = x.detach().float().requires_grad_(True)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        out = D(x).float()
+        return x, D(x).float()
+
+
+def _input_grad(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad_x of out.sum(), flattened per sample, with its graph (a penalty of it trains D)."""
     (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-    return grad.flatten(1), out
+    return grad.flatten(1)
+
+
+def grad_penalty(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018) from logits already computed: ||grad_x D(x)||^2 per sample (B,),
+    `out` = D(x) for a leaf x that requires grad. On real samples it is R1, on generated ones R2.
+    D's main step uses it directly when plain regularization shares that step's forward."""
+    return _input_grad(out, x).square().sum(1)
 
 
 def r1_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor) -> torch.Tensor:
-    """R1 (Mescheder et al. 2018): ||grad_x D(x)||^2 on real samples, per sample (B,). The same
-    function on generated samples is R2.
+    """R1 on its own forward of D, in fp32: `grad_penalty` of D(real).
 
     `+ 0 * D(x)` gives every D parameter a gradient, zero where R1 does not reach it (D's last
     bias): then one process, DDP and ZeRO's flat partitions all step the same parameter set
     (StyleGAN2-ADA does the same)."""
-    grad, out = _input_grad(D, real)
-    return grad.square().sum(1) + 0 * out
+    x, out = fp32_forward(D, real)
+    return grad_penalty(out, x) + 0 * out
 
 
 def gradient_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
@@ -71,4 +81,5 @@ def gradient_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tens
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
     t = torch.rand(shape, device=real.device, generator=generator)
     mixed = t * real.detach().float() + (1 - t) * fake.detach().float()
-    return (_input_grad(D, mixed)[0].norm(dim=1) - 1).square()
+    x, out = fp32_forward(D, mixed)
+    return (_input_grad(out, x).norm(dim=1) - 1).square()

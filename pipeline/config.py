@@ -58,7 +58,10 @@ class LossConfig(Section):
     kind: Literal["logistic", "hinge", "wgan-gp", "rpgan"] = "logistic"
     r1_gamma: float = Field(0.0, ge=0, description="R1 weight on real images; 0 turns it off")
     r2_gamma: float = Field(0.0, ge=0, description="R2 weight on generated images (R1's mirror); 0 turns it off")
-    r1_interval: int = Field(16, gt=0, description="lazy R1 and R2: every N D steps, scaled by N; 1 is plain")
+    r1_interval: int = Field(16, gt=0, description="lazy R1 and R2: every N D steps, scaled by N; 1 is plain "
+                                                  "(in D's main step where the run is fp32)")
+    gamma_end: float = Field(1.0, ge=0, description="R1 and R2 weights at the end of train.ramp_kimg, as a share "
+                                                    "of r1_gamma and r2_gamma (cosine ramp); 1 keeps them constant")
     gp_weight: float = Field(10.0, ge=0, description="gradient penalty weight for wgan-gp")
     l1_weight: float = Field(100.0, ge=0, description="pix2pix: weight of the L1 distance of G(A) to B")
     adv_weight: float = Field(1.0, ge=0, description="pix2pix: weight of G's adversarial term; 0 trains "
@@ -69,6 +72,8 @@ class OptimConfig(Section):
     lr: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
+    beta2_end: Optional[float] = Field(None, ge=0, lt=1, description="beta2 at the end of train.ramp_kimg "
+                                                                      "(cosine ramp from beta2); null keeps it constant")
 
 
 class TrainConfig(Section):
@@ -80,6 +85,8 @@ class TrainConfig(Section):
     ema_kimg: float = Field(10.0, ge=0, description="EMA half-life of G_ema in kimg; 0 copies G")
     ema_rampup: Optional[float] = Field(0.05, ge=0, description="half-life <= kimg * rampup")
     log_every: int = Field(50, gt=0, description="steps between metric logs")
+    ramp_kimg: float = Field(0.0, ge=0, description="length of the cosine ramps (loss.gamma_end, *_optim.beta2_end); "
+                                                    "0: the whole run")
     eval_kimg: float = Field(10.0, gt=0)
     checkpoint_kimg: float = Field(25.0, gt=0)
     keep_checkpoints: int = Field(3, gt=0)
@@ -169,6 +176,8 @@ class HealthConfig(Section):
     # 0.2 against real MNIST's 19.8, so any reading before G learns would be flagged.
     real_ratio: float = Field(0.0, ge=0, lt=1, description="diversity below ratio x the real data's: mode collapse "
                                                            "from the first reading; 0 turns it off")
+    class_ratio: float = Field(0.0, ge=0, le=1, description="classes G's images fill (eval metric coverage) below "
+                                                            "ratio x the data's: mode collapse; 0 turns it off")
     warmup: int = Field(3, ge=1, description="diversity readings that seed the baseline")
     baseline_beta: float = Field(0.9, ge=0, lt=1, description="EMA factor of the diversity baseline")
     diversity_samples: int = Field(64, ge=2, description="fixed latents whose images are compared")
@@ -270,6 +279,10 @@ class RunConfig(Section):
         where = [("train.out_dir", self.train.out_dir), ("data.path", None if self.is_toy else self.data.path),
                  ("eval.cache_dir", self.eval.cache_dir)]
         return [(key, value) for key, value in where if value and storage.is_local(value)]
+
+    @property
+    def ramp_kimg(self) -> float:
+        return self.train.ramp_kimg or self.train.kimg
 
     def rank_batch(self, world_size: int) -> int:
         """Each rank's share of the global batch, for the process group's actual size (which

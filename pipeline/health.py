@@ -14,6 +14,8 @@ Signals, checked as the trainer reports them:
   the healthy readings, seeded by the first `warmup` ones), or, from the first reading, below
   `real_ratio` times the diversity of as many real samples (the caller reads those: a G
   collapsed before the baseline formed sets a collapsed baseline).
+- mode collapse, classes: where an evaluation counts the classes G's images fill (eval metric
+  `coverage`, labelled data), fewer than `class_ratio` of the data's classes.
 
 The monitor does no I/O: each check returns a `Decision` and the caller acts on it:
 'warn' log it; 'stop' end the run; 'rollback' restore the last good checkpoint and multiply
@@ -64,7 +66,7 @@ class HealthMonitor:
     def __init__(self, policy: str = "warn", window: int = 20, d_floor: float = 0.05, g_rise: float = 1.0,
                  max_skipped: float = 0.5, collapse_ratio: float = 0.3, warmup: int = 3,
                  baseline_beta: float = 0.9, lr_scale: float = 0.5, max_rollbacks: int = 3,
-                 max_loss: float = 50.0, real_ratio: float = 0.0):
+                 max_loss: float = 50.0, real_ratio: float = 0.0, class_ratio: float = 0.0):
         if policy not in POLICIES:
             raise ValueError(f"unknown health policy {policy!r}; expected one of {', '.join(POLICIES)}")
         if window < 4:
@@ -72,7 +74,7 @@ class HealthMonitor:
         self.policy, self.window, self.d_floor, self.g_rise = policy, window, d_floor, g_rise
         self.max_skipped, self.collapse_ratio, self.warmup = max_skipped, collapse_ratio, warmup
         self.baseline_beta, self.lr_scale, self.max_rollbacks = baseline_beta, lr_scale, max_rollbacks
-        self.max_loss, self.real_ratio = max_loss, real_ratio
+        self.max_loss, self.real_ratio, self.class_ratio = max_loss, real_ratio, class_ratio
         self.last_diversity: float | None = None  # the latest reading, for the trainer to log
         self.rollbacks = 0
         self.baseline: float | None = None
@@ -83,7 +85,8 @@ class HealthMonitor:
     def from_config(cls, h) -> "HealthMonitor":
         """From a `HealthConfig` section."""
         return cls(h.policy, h.window, h.d_floor, h.g_rise, h.max_skipped, h.collapse_ratio,
-                   h.warmup, h.baseline_beta, h.lr_scale, h.max_rollbacks, h.max_loss, h.real_ratio)
+                   h.warmup, h.baseline_beta, h.lr_scale, h.max_rollbacks, h.max_loss, h.real_ratio,
+                   h.class_ratio)
 
     # ---- checks -------------------------------------------------------------------------
 
@@ -137,6 +140,13 @@ class HealthMonitor:
             return self._act("mode_collapse", f"step {step}: diversity {value:.3g} fell below "
                                               f"{self.collapse_ratio:g} x baseline {self.baseline:.3g}")
         self.baseline = self.baseline_beta * self.baseline + (1 - self.baseline_beta) * value
+        return OK
+
+    def check_coverage(self, step: int, covered: float, total: float) -> Decision:
+        """An evaluation's count of the data's classes that G's images fill (class_coverage)."""
+        if self.class_ratio > 0 and covered < self.class_ratio * total:
+            return self._act("mode_collapse", f"step {step}: G's images fill {covered:.0f} of the data's "
+                                              f"{total:.0f} classes (fewer than {self.class_ratio:g} of them)")
         return OK
 
     # ---- policy -------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from typing import Callable, Literal
 import torch
 
 from models.augment import Augment
-from models.losses import d_loss, g_loss, gradient_penalty, r1_penalty
+from models.losses import d_loss, g_loss, grad_penalty, gradient_penalty, r1_penalty
 from pipeline.config import RunConfig
 from pipeline.precision import Precision
+from pipeline.schedules import cosine
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Batch:
     z: torch.Tensor            # latents for G (unused by pix2pix)
     c: torch.Tensor | None = None    # the real samples' labels (conditional runs), or pix2pix's inputs A
     c_z: torch.Tensor | None = None  # the classes G draws for z (conditional runs only)
+    kimg: float = 0.0  # training progress when drawn: where ramped weights (γ) stand
 
 
 Stats = dict[str, torch.Tensor]
@@ -49,46 +51,80 @@ def build_phases(cfg: RunConfig, augment: Augment, precision: Precision,
     return generation_phases(cfg, augment, precision, reduce)
 
 
-PenaltyD = Callable[[Callable, Batch, bool], Callable[[torch.Tensor], torch.Tensor]]
 MakeFake = Callable[[Callable, Batch], torch.Tensor]
+Judge = Callable[[Callable, Batch, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+PenaltyD = Callable[[Callable, Batch, bool], Callable[[torch.Tensor], torch.Tensor]]
 
 
-def _d_phases(cfg: RunConfig, d_forward, penalty_D: PenaltyD, make_fake: MakeFake) -> list[Phase]:
-    """D main (x n_critic; with the gradient penalty under wgan-gp), then R1 on the reals D main
-    just saw and R2 on fakes of the same latents (inputs), lazy at `r1_interval` (1: plain).
-    `d_forward(G, D, batch) -> (loss, stats, fake)`; `penalty_D(D, batch, fake)` is the function
-    of a real (fake=False) or generated sample the penalties differentiate (per-sample logits);
-    `make_fake(G, batch)` is G's output for the batch."""
-    gp_weight, r1_gamma, r2_gamma = cfg.loss.gp_weight, cfg.loss.r1_gamma, cfg.loss.r2_gamma
+def _d_phases(cfg: RunConfig, precision: Precision, make_fake: MakeFake, judge: Judge,
+              penalty_D: PenaltyD) -> list[Phase]:
+    """D main (x n_critic; with the gradient penalty under wgan-gp), R1 on the reals D main saw
+    and R2 on fakes of the same latents (inputs). Lazy at `r1_interval`, each in a phase of its
+    own forward; plain (interval 1) in an fp32 run, inside D main on that phase's own forward,
+    which saves a D forward and an optimizer step per penalty (StyleGAN2-ADA's `Dboth`). Under
+    autocast they keep their own fp32 forward: the penalties must not be taken in half precision.
+    γ follows the cosine ramp of `loss.gamma_end`.
+
+    `make_fake(G, batch)` is G's output for the batch; `judge(D, batch, real, fake)` D's
+    per-sample logits of both; `penalty_D(D, batch, fake)` the function of a real (fake=False)
+    or generated sample that the separate penalty phases differentiate."""
+    kind, gp_weight, interval = cfg.loss.kind, cfg.loss.gp_weight, cfg.loss.r1_interval
+    r1_gamma, r2_gamma = cfg.loss.r1_gamma, cfg.loss.r2_gamma
+
+    def ramp(batch):
+        return cosine(1.0, cfg.loss.gamma_end, batch.kimg, cfg.ramp_kimg)
+
+    def judged(G, D, batch):
+        with precision.autocast():
+            fake = make_fake(G, batch)
+            real_logits, fake_logits = judge(D, batch, batch.real, fake)
+        return d_loss(kind, real_logits, fake_logits), _logit_stats(real_logits, fake_logits), fake
 
     def d_main(G, D, batch):
-        loss, stats, _ = d_forward(G, D, batch)
-        return loss, stats
+        return judged(G, D, batch)[:2]
 
     def d_main_gp(G, D, batch):
-        loss, stats, fake = d_forward(G, D, batch)
+        loss, stats, fake = judged(G, D, batch)
         gp = gradient_penalty(penalty_D(D, batch, False), batch.real, fake)
         stats["gp"] = gp.detach().mean()
         return loss + gp_weight * gp, stats
 
+    def d_main_plain_penalties(G, D, batch):
+        with torch.no_grad():
+            fake = make_fake(G, batch)
+        real = batch.real.detach().float().requires_grad_(r1_gamma > 0)
+        fake = fake.float().requires_grad_(r2_gamma > 0)
+        real_logits, fake_logits = judge(D, batch, real, fake)
+        loss, stats = d_loss(kind, real_logits, fake_logits), _logit_stats(real_logits, fake_logits)
+        for name, gamma, x, logits in (("r1", r1_gamma, real, real_logits), ("r2", r2_gamma, fake, fake_logits)):
+            if gamma > 0:
+                penalty = grad_penalty(logits.float(), x)
+                loss = loss + penalty * (gamma / 2 * ramp(batch))
+                stats[name] = penalty.detach().mean()
+        return loss, stats
+
     def d_r1(G, D, batch):
         r1 = r1_penalty(penalty_D(D, batch, False), batch.real)
-        return r1 * (r1_gamma / 2), {"r1": r1.detach().mean()}
+        return r1 * (r1_gamma / 2 * ramp(batch)), {"r1": r1.detach().mean()}
 
     def d_r2(G, D, batch):
         with torch.no_grad():
             fake = make_fake(G, batch)
         r2 = r1_penalty(penalty_D(D, batch, True), fake)
-        return r2 * (r2_gamma / 2), {"r2": r2.detach().mean()}
+        return r2 * (r2_gamma / 2 * ramp(batch)), {"r2": r2.detach().mean()}
 
-    phases = [Phase("D_main", "D", 1, cfg.train.n_critic, 1.0, "real",
-                    d_main_gp if cfg.loss.kind == "wgan-gp" else d_main)]
-    interval = cfg.loss.r1_interval
+    if kind != "wgan-gp" and interval == 1 and precision.dtype is None and (r1_gamma > 0 or r2_gamma > 0):
+        return [Phase("D_main", "D", 1, cfg.train.n_critic, 1.0, "real", d_main_plain_penalties)]
+    phases = [Phase("D_main", "D", 1, cfg.train.n_critic, 1.0, "real", d_main_gp if kind == "wgan-gp" else d_main)]
     if r1_gamma > 0:
         phases.append(Phase("D_r1", "D", interval, 1, float(interval), "same", d_r1))
     if r2_gamma > 0:
         phases.append(Phase("D_r2", "D", interval, 1, float(interval), "same", d_r2))
     return phases
+
+
+def _logit_stats(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> Stats:
+    return {"D_real": real_logits.detach().float().mean(), "D_fake": fake_logits.detach().float().mean()}
 
 
 def generation_phases(cfg: RunConfig, augment: Augment, precision: Precision,
@@ -98,13 +134,16 @@ def generation_phases(cfg: RunConfig, augment: Augment, precision: Precision,
     ranks (ADA's overfitting signal must agree everywhere)."""
     kind, global_batch = cfg.loss.kind, cfg.train.batch
 
-    def d_forward(G, D, batch):
-        with precision.autocast():
-            fake = G(batch.z, batch.c_z)
-            real_logits, fake_logits = D(augment(batch.real), batch.c), D(augment(fake), batch.c_z)
+    def make_fake(G, batch):
+        return G(batch.z, batch.c_z)
+
+    def judge(D, batch, real, fake):
+        real_logits, fake_logits = D(augment(real), batch.c), D(augment(fake), batch.c_z)
         augment.observe(real_logits, batch=global_batch, reduce=reduce)
-        stats = {"D_real": real_logits.detach().float().mean(), "D_fake": fake_logits.detach().float().mean()}
-        return d_loss(kind, real_logits, fake_logits), stats, fake
+        return real_logits, fake_logits
+
+    def penalty_D(D, batch, fake):
+        return lambda x: D(augment(x), batch.c_z if fake else batch.c)
 
     def g_main(G, D, batch):
         with precision.autocast():
@@ -112,13 +151,8 @@ def generation_phases(cfg: RunConfig, augment: Augment, precision: Precision,
             real_logits = D(augment(batch.real), batch.c) if kind == "rpgan" else None
         return g_loss(kind, fake_logits, real_logits), {}
 
-    def penalty_D(D, batch, fake):
-        return lambda x: D(augment(x), batch.c_z if fake else batch.c)
-
-    def make_fake(G, batch):
-        return G(batch.z, batch.c_z)
-
-    return _d_phases(cfg, d_forward, penalty_D, make_fake) + [Phase("G_main", "G", 1, 1, 1.0, "latents", g_main)]
+    return _d_phases(cfg, precision, make_fake, judge, penalty_D) + [
+        Phase("G_main", "G", 1, 1, 1.0, "latents", g_main)]
 
 
 def translation_phases(cfg: RunConfig, precision: Precision) -> list[Phase]:
@@ -132,12 +166,14 @@ def translation_phases(cfg: RunConfig, precision: Precision) -> list[Phase]:
     def per_sample(logits):
         return logits.float().flatten(1).mean(1)
 
-    def d_forward(G, D, batch):
-        with precision.autocast():
-            fake = G(batch.c)
-            real_logits, fake_logits = per_sample(D(batch.c, batch.real)), per_sample(D(batch.c, fake))
-        stats = {"D_real": real_logits.detach().mean(), "D_fake": fake_logits.detach().mean()}
-        return d_loss(kind, real_logits, fake_logits), stats, fake
+    def make_fake(G, batch):
+        return G(batch.c)
+
+    def judge(D, batch, real, fake):
+        return per_sample(D(batch.c, real)), per_sample(D(batch.c, fake))
+
+    def penalty_D(D, batch, fake):
+        return lambda b: per_sample(D(batch.c, b))
 
     def g_main(G, D, batch):
         with precision.autocast():
@@ -149,12 +185,6 @@ def translation_phases(cfg: RunConfig, precision: Precision) -> list[Phase]:
             return l1_weight * l1, {"l1": l1.detach().mean()}
         return adv_weight * adv + l1_weight * l1, {"l1": l1.detach().mean(), "adv": adv.detach().mean()}
 
-    def penalty_D(D, batch, fake):
-        return lambda b: per_sample(D(batch.c, b))
-
-    def make_fake(G, batch):
-        return G(batch.c)
-
     if not adv_weight:
         return [Phase("G_main", "G", 1, 1, 1.0, "real", g_main)]
-    return _d_phases(cfg, d_forward, penalty_D, make_fake) + [Phase("G_main", "G", 1, 1, 1.0, "same", g_main)]
+    return _d_phases(cfg, precision, make_fake, judge, penalty_D) + [Phase("G_main", "G", 1, 1, 1.0, "same", g_main)]

@@ -23,9 +23,10 @@ from pipeline import checkpoint, console, storage
 from pipeline.config import RunConfig
 from pipeline.errors import GantryError
 from pipeline.evaluation import headline, quality_score
-from pipeline.health import Decision, HealthMonitor, Probe
+from pipeline.health import OK, Decision, HealthMonitor, Probe
 from pipeline.phases import Batch, Phase
 from pipeline.precision import Precision
+from pipeline.schedules import cosine
 from pipeline.step_stats import StepStats
 from pipeline.strategy import Strategy
 from pipeline.tracking import Tracker
@@ -70,10 +71,11 @@ class Trainer:
             return last
         if what == "latents":
             z, c_z = self._latents(self.local_batch)
-            return Batch(last.real if last else None, z, c=last.c if last else None, c_z=c_z)
+            return Batch(last.real if last else None, z, c=last.c if last else None, c_z=c_z, kimg=self.kimg)
         x, cond = next(self.stream)  # cond: the labels, or pix2pix's inputs A
         z, c_z = self._latents(len(x))  # an epoch's last batch may be short
-        return Batch(self._to_device(x), z, c=self._to_device(cond) if self.cfg.conditioned else None, c_z=c_z)
+        return Batch(self._to_device(x), z, c=self._to_device(cond) if self.cfg.conditioned else None, c_z=c_z,
+                     kimg=self.kimg)
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -84,6 +86,7 @@ class Trainer:
     def train_step(self) -> None:
         batch = None
         G, D = self.strategy.module("G"), self.strategy.module("D")
+        self._ramp_betas()
         for phase in self.phases:
             if self.step % phase.interval:
                 continue
@@ -160,16 +163,21 @@ class Trainer:
         console.progress(line)
 
     def evaluate(self) -> dict[str, float]:
+        decision = OK
         if self.health:
             with torch.no_grad():
                 out = self.G_ema(*self.probe.inputs)
             decision = self.health.check_diversity(self.step, out, self.probe.real_diversity)
             readings = {"diversity": self.health.last_diversity, "real_diversity": self.probe.real_diversity}
             self.tracker.log_metrics({k: v for k, v in readings.items() if v is not None}, self.step)
-            self._respond(decision)
-        self.last_eval = self.evaluator(self.G_ema, self.step, self.tracker)
+        # rank 0's scores on every rank: the health decision below must be the same everywhere
+        self.last_eval = self.strategy.all_gather_object(self.evaluator(self.G_ema, self.step, self.tracker))[0]
         if self.last_eval:
             self._say(f"eval at kimg {self.kimg:.2f}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.last_eval.items()))
+        if self.health and decision.ok and "classes_covered" in self.last_eval:
+            decision = self.health.check_coverage(self.step, self.last_eval["classes_covered"],
+                                                  self.last_eval["classes_total"])
+        self._respond(decision)  # after the scores: a rollback replaces them with the checkpoint's
         return self.last_eval
 
     def _respond(self, decision: Decision) -> bool:
@@ -199,8 +207,16 @@ class Trainer:
 
     def set_lr_scale(self, scale: float) -> None:
         self.lr_scale = scale
-        self.strategy.set_lr("G", self.cfg.g_optim.lr * scale)
-        self.strategy.set_lr("D", self.cfg.d_optim.lr * scale)
+        self.strategy.set_optim("G", lr=self.cfg.g_optim.lr * scale)
+        self.strategy.set_optim("D", lr=self.cfg.d_optim.lr * scale)
+
+    def _ramp_betas(self) -> None:
+        """Adam's β2 where `*_optim.beta2_end` ramps it: a function of kimg, so a resumed run
+        takes the same values as a straight one."""
+        for name, o in (("G", self.cfg.g_optim), ("D", self.cfg.d_optim)):
+            if o.beta2_end is not None:
+                beta2 = cosine(o.beta2, o.beta2_end, self.kimg, self.cfg.ramp_kimg)
+                self.strategy.set_optim(name, betas=(o.beta1, beta2))
 
     # ---- checkpoints --------------------------------------------------------------------
 

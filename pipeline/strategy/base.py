@@ -21,8 +21,8 @@ class Strategy:
 
     `setup(nets, optimizers, precision)` once. Every forward, in every phase, goes through
     `module(name)`, the bare network; then `backward(name, loss)` and `step(name)` update it.
-    `state_dict()` / `load_state_dict()` for checkpoints, `set_lr` after a rollback or resume,
-    and `shutdown(failed)` exactly once at the end.
+    `state_dict()` / `load_state_dict()` for checkpoints, `set_optim` for a rollback's learning
+    rates and scheduled betas, and `shutdown(failed)` exactly once at the end.
     """
 
     rank: int = 0
@@ -45,8 +45,8 @@ class Strategy:
         Returns the gradient norm (a 0-d tensor; non-finite means the step was skipped)."""
         raise NotImplementedError
 
-    def set_lr(self, name: str, lr: float) -> None:
-        """Set the learning rate of every parameter group of `name`'s optimizer."""
+    def set_optim(self, name: str, **group) -> None:
+        """Set `group`'s entries (lr, betas) in every parameter group of `name`'s optimizer."""
         raise NotImplementedError
 
     def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@
   step and ZeRO's hooks on D stay silent there.
 - A step whose gradient is non-finite is skipped: ZeRO 1/2 check for overflow themselves;
   stage 0 (the bare client optimizer) takes the same check as the single strategy.
-- `set_lr` writes the torch optimizer's param groups, which ZeRO's wrapper steps with.
+- `set_optim` writes the torch optimizer's param groups, which ZeRO's wrapper steps with.
 
 The comm op DeepSpeed JIT-builds at first init (18-120 s here) is cached in TORCH_EXTENSIONS_DIR
 (default ~/.cache/gantry/torch_extensions), so only the first run on a machine pays it.
@@ -97,9 +97,9 @@ class DeepSpeedStrategy(ProcessGroupCollectives, Strategy):
         norm = engine.get_global_grad_norm()
         return torch.tensor(float("nan") if norm is None else float(norm), device=self.device)
 
-    def set_lr(self, name, lr):
-        for group in _torch_optimizer(self.engines[name].optimizer).param_groups:
-            group["lr"] = lr
+    def set_optim(self, name, **group):
+        for g in _torch_optimizer(self.engines[name].optimizer).param_groups:
+            g.update(group)
 
     def state_dict(self):
         """Collective. Every rank's optimizer state (its ZeRO partition at stages 1/2) and loss

@@ -50,9 +50,9 @@ class SingleStrategy(Strategy):
         opt.zero_grad(set_to_none=True)
         return norm
 
-    def set_lr(self, name, lr):
-        for group in self.opts[name].param_groups:
-            group["lr"] = lr
+    def set_optim(self, name, **group):
+        for g in self.opts[name].param_groups:
+            g.update(group)
 
     def state_dict(self):
         return {

@@ -166,3 +166,12 @@ def test_a_generator_collapsed_from_the_start_is_flagged_against_the_real_data()
     healthy = HealthMonitor(policy="warn", warmup=3, real_ratio=0.3)
     assert all(healthy.check_diversity(step, torch.randn(64, 16, generator=g), real).ok for step in range(6))
     assert healthy.check_diversity(6, torch.randn(64, 16, generator=g), None).ok
+
+
+def test_a_generator_that_fills_few_of_the_datas_classes_is_mode_collapse():
+    mon = HealthMonitor(policy="warn", class_ratio=0.5)
+    assert mon.check_coverage(0, 10, 10).ok and mon.check_coverage(1, 5, 10).ok
+    few = mon.check_coverage(2, 2, 10)
+    assert few.problem == "mode_collapse" and "2 of the data's 10 classes" in few.reason
+    assert HealthMonitor(policy="warn").check_coverage(3, 1, 10).ok   # class_ratio 0: the rule is off
+    assert HealthMonitor.from_config(HealthConfig(class_ratio=0.7)).class_ratio == 0.7
