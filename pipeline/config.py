@@ -72,6 +72,8 @@ class OptimConfig(Section):
     lr: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
+    lr_end: Optional[float] = Field(None, gt=0, description="lr at the end of train.ramp_kimg (cosine ramp from lr); "
+                                                           "null keeps it constant")
     beta2_end: Optional[float] = Field(None, ge=0, lt=1, description="beta2 at the end of train.ramp_kimg "
                                                                       "(cosine ramp from beta2); null keeps it constant")
 
@@ -85,8 +87,8 @@ class TrainConfig(Section):
     ema_kimg: float = Field(10.0, ge=0, description="EMA half-life of G_ema in kimg; 0 copies G")
     ema_rampup: Optional[float] = Field(0.05, ge=0, description="half-life <= kimg * rampup")
     log_every: int = Field(50, gt=0, description="steps between metric logs")
-    ramp_kimg: float = Field(0.0, ge=0, description="length of the cosine ramps (loss.gamma_end, *_optim.beta2_end); "
-                                                    "0: the whole run")
+    ramp_kimg: float = Field(0.0, ge=0, description="length of the cosine ramps (loss.gamma_end, *_optim.lr_end "
+                                                    "and beta2_end); 0: the whole run")
     eval_kimg: float = Field(10.0, gt=0)
     checkpoint_kimg: float = Field(25.0, gt=0)
     keep_checkpoints: int = Field(3, gt=0)

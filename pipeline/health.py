@@ -13,7 +13,8 @@ Signals, checked as the trainer reports them:
   for a fixed latent batch falls below `collapse_ratio` times its running baseline (an EMA of
   the healthy readings, seeded by the first `warmup` ones), or, from the first reading, below
   `real_ratio` times the diversity of as many real samples (the caller reads those: a G
-  collapsed before the baseline formed sets a collapsed baseline).
+  collapsed before the baseline formed sets a collapsed baseline); the same ratio against the
+  real data's diversity in an evaluation's feature space, where it reports one.
 - mode collapse, classes: where an evaluation counts the classes G's images fill (eval metric
   `coverage`, labelled data), fewer than `class_ratio` of the data's classes.
 
@@ -127,9 +128,10 @@ class HealthMonitor:
         if not torch.isfinite(features).all():
             return self._act("divergence", f"step {step}: non-finite generator output")
         value = self.last_diversity = diversity(features)
-        if real_diversity and self.real_ratio > 0 and value < self.real_ratio * real_diversity:
-            return self._act("mode_collapse", f"step {step}: diversity {value:.3g} is below {self.real_ratio:g} x "
-                                              f"the real data's {real_diversity:.3g}")
+        if real_diversity:
+            against_real = self.check_real(step, value, real_diversity, "pixels")
+            if not against_real.ok:
+                return against_real
         self._readings += 1
         if self.baseline is None or self._readings <= self.warmup:
             # The first readings seed the baseline: their mean, never a verdict.
@@ -140,6 +142,15 @@ class HealthMonitor:
             return self._act("mode_collapse", f"step {step}: diversity {value:.3g} fell below "
                                               f"{self.collapse_ratio:g} x baseline {self.baseline:.3g}")
         self.baseline = self.baseline_beta * self.baseline + (1 - self.baseline_beta) * value
+        return OK
+
+    def check_real(self, step: int, value: float, real: float, space: str) -> Decision:
+        """A diversity reading of G's samples against the same measure on real data, in `space`
+        (pixels: the probe's; an evaluation's feature space, where a G that draws varied noise
+        around a few shapes cannot pass for diverse)."""
+        if self.real_ratio > 0 and value < self.real_ratio * real:
+            return self._act("mode_collapse", f"step {step}: diversity {value:.3g} ({space}) is below "
+                                              f"{self.real_ratio:g} x the real data's {real:.3g}")
         return OK
 
     def check_coverage(self, step: int, covered: float, total: float) -> Decision:

@@ -52,6 +52,7 @@ class Trainer:
         self.device = strategy.device
         self.local_batch = cfg.rank_batch(strategy.world_size)
         self.lr_scale = 1.0  # lowered by health rollbacks
+        self.scheduled = any(o.lr_end is not None or o.beta2_end is not None for o in (cfg.g_optim, cfg.d_optim))
         self.step = 0
         self.nimg = 0
         self.last_eval: dict[str, float] = {}
@@ -86,7 +87,8 @@ class Trainer:
     def train_step(self) -> None:
         batch = None
         G, D = self.strategy.module("G"), self.strategy.module("D")
-        self._ramp_betas()
+        if self.scheduled:
+            self._follow_schedules()
         for phase in self.phases:
             if self.step % phase.interval:
                 continue
@@ -127,7 +129,8 @@ class Trainer:
                 metrics = self.stats.read(self.strategy.all_reduce_mean)
                 metrics["img_per_s"] = (self.nimg - window_nimg) / max(now - window_t, 1e-9)
                 metrics["kimg"] = self.kimg
-                metrics["lr_G"], metrics["lr_D"] = self.cfg.g_optim.lr * self.lr_scale, self.cfg.d_optim.lr * self.lr_scale
+                metrics["lr_G"] = self._optim_now(self.cfg.g_optim)["lr"]
+                metrics["lr_D"] = self._optim_now(self.cfg.d_optim)["lr"]
                 metrics["augment_p"] = self.augment.p
                 window_t, window_nimg = now, self.nimg
                 if self.step >= self.tracker.start_step:  # a resumed run already logged up to there
@@ -174,11 +177,23 @@ class Trainer:
         self.last_eval = self.strategy.all_gather_object(self.evaluator(self.G_ema, self.step, self.tracker))[0]
         if self.last_eval:
             self._say(f"eval at kimg {self.kimg:.2f}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.last_eval.items()))
-        if self.health and decision.ok and "classes_covered" in self.last_eval:
-            decision = self.health.check_coverage(self.step, self.last_eval["classes_covered"],
-                                                  self.last_eval["classes_total"])
+        if self.health and decision.ok:
+            decision = self._check_scores(self.last_eval)
         self._respond(decision)  # after the scores: a rollback replaces them with the checkpoint's
         return self.last_eval
+
+    def _check_scores(self, scores: dict[str, float]) -> Decision:
+        """The health rules that read an evaluation: diversity in its feature space against the
+        real data's, and the classes G's images fill."""
+        space = self.cfg.eval.features
+        if f"diversity_{space}" in scores:
+            decision = self.health.check_real(self.step, scores[f"diversity_{space}"],
+                                              scores[f"real_diversity_{space}"], f"{space} features")
+            if not decision.ok:
+                return decision
+        if "classes_covered" in scores:
+            return self.health.check_coverage(self.step, scores["classes_covered"], scores["classes_total"])
+        return OK
 
     def _respond(self, decision: Decision) -> bool:
         """Act on a health decision; True when the run was rolled back to a checkpoint."""
@@ -207,16 +222,19 @@ class Trainer:
 
     def set_lr_scale(self, scale: float) -> None:
         self.lr_scale = scale
-        self.strategy.set_optim("G", lr=self.cfg.g_optim.lr * scale)
-        self.strategy.set_optim("D", lr=self.cfg.d_optim.lr * scale)
+        self._follow_schedules()
 
-    def _ramp_betas(self) -> None:
-        """Adam's β2 where `*_optim.beta2_end` ramps it: a function of kimg, so a resumed run
-        takes the same values as a straight one."""
+    def _optim_now(self, o) -> dict:
+        """An optimizer's lr and betas at this kimg: the cosine ramps of lr_end and beta2_end
+        (pipeline/schedules.py), a function of kimg so a resumed run takes the same values as
+        a straight one; the lr times the rollbacks' scale."""
+        lr = o.lr if o.lr_end is None else cosine(o.lr, o.lr_end, self.kimg, self.cfg.ramp_kimg)
+        beta2 = o.beta2 if o.beta2_end is None else cosine(o.beta2, o.beta2_end, self.kimg, self.cfg.ramp_kimg)
+        return {"lr": lr * self.lr_scale, "betas": (o.beta1, beta2)}
+
+    def _follow_schedules(self) -> None:
         for name, o in (("G", self.cfg.g_optim), ("D", self.cfg.d_optim)):
-            if o.beta2_end is not None:
-                beta2 = cosine(o.beta2, o.beta2_end, self.kimg, self.cfg.ramp_kimg)
-                self.strategy.set_optim(name, betas=(o.beta1, beta2))
+            self.strategy.set_optim(name, **self._optim_now(o))
 
     # ---- checkpoints --------------------------------------------------------------------
 

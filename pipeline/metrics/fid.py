@@ -32,6 +32,12 @@ class GaussianStats:
             raise GantryError(f"FID needs at least 2 feature vectors, got {len(feats)}")
         return cls(feats.mean(0), np.cov(feats, rowvar=False), len(feats))
 
+    @property
+    def spread(self) -> float:
+        """sqrt(2 tr sigma): the root mean square distance between two samples of the set, the
+        feature-space diversity the health monitor compares between generated and real data."""
+        return float(np.sqrt(2 * max(np.trace(self.sigma), 0.0)))
+
 
 def _as_features(x, what: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)

@@ -6,6 +6,8 @@
 Feature space: "inception" (TF Inception pool3: the FID of papers, ~0.3-0.5 s per image on
 a CPU) or "classifier" (the domain classifier's embedding: a fast proxy, comparable only
 with itself). Keys name the space: fid_inception, kid_classifier, precision_classifier, ...
+With any of fid, kid, pr: diversity_<space> and real_diversity_<space>, the RMS distance
+between two generated (real) images' features (GaussianStats.spread), for the health monitor.
 "coverage" always uses the classifier's predictions: classes_covered, classes_total, class_tv, and
 for a conditional G class_match / class_match_min (share of images drawn for class K that the
 classifier calls K: mean and worst class).
@@ -206,8 +208,10 @@ class ImageMetrics:
         if "features" in parts:
             real, real_stats = self._real
             feats, space = parts["features"], self.features
+            fake_stats = GaussianStats.of(feats)
             if "fid" in self.metrics:
-                out[f"fid_{space}"] = frechet_distance(real_stats, GaussianStats.of(feats))
+                out[f"fid_{space}"] = frechet_distance(real_stats, fake_stats)
+            out[f"diversity_{space}"], out[f"real_diversity_{space}"] = fake_stats.spread, real_stats.spread
             if "kid" in self.metrics:
                 out[f"kid_{space}"] = kid(real, feats, self.kid_subsets, self.kid_subset_size, seed=self.seed)
             if "pr" in self.metrics:

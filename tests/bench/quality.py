@@ -6,7 +6,7 @@ eval metrics (images, e.g. FID), their medians and worst seeds, and for toys how
 every mode with at least --hq-bar % high-quality samples. A run that fails (a config error, a
 health abort) is recorded with its exit code and left out of the medians.
 
-Usage: python tests/bench/quality.py configs/toy-ring.yaml [more configs] [--seeds 10]
+Usage: python tests/bench/quality.py configs/toy-ring.yaml [more configs] [--seeds 10] [--first-seed 1]
            [--set loss.kind=rpgan loss.r2_gamma=0.01 ...] [--jobs 2] [--eval-n 2000]
 --jobs runs seeds side by side with the cores split between them: faster in total, but its
 seconds are not a single run's time on this machine.
@@ -64,7 +64,8 @@ def summarize(rows: list, hq_bar: float) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("configs", nargs="+", help="config files, e.g. configs/toy-ring.yaml")
-    ap.add_argument("--seeds", type=int, default=10, help="seeds 1..N (default 10)")
+    ap.add_argument("--seeds", type=int, default=10, help="how many seeds (default 10)")
+    ap.add_argument("--first-seed", type=int, default=1, help="seeds run from here (default 1)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained at once (cores split between them)")
     ap.add_argument("--eval-n", type=int, help="samples to score (default: gantry eval's)")
@@ -75,7 +76,7 @@ def main():
     with tempfile.TemporaryDirectory() as out, ThreadPoolExecutor(args.jobs) as pool:
         for config in args.configs:
             futures = [pool.submit(run_seed, config, s, out, args.set, args.eval_n, threads)
-                       for s in range(1, args.seeds + 1)]
+                       for s in range(args.first_seed, args.first_seed + args.seeds)]
             rows = []
             for f in futures:
                 rows.append(f.result())

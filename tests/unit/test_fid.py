@@ -128,3 +128,10 @@ def test_inception_preprocessing_and_features():
     assert not torch.allclose(f_gray[0], f_gray[1])
     with pytest.raises(GantryError, match="1|3"):
         net(torch.zeros(1, 2, 32, 32))
+
+
+def test_spread_is_the_rms_distance_between_two_samples():
+    feats = np.random.default_rng(0).normal(size=(300, 12)) * np.linspace(0.1, 3, 12)
+    pairs = torch.pdist(torch.from_numpy(feats)).square().mean().sqrt().item()
+    assert GaussianStats.of(feats).spread == pytest.approx(pairs, rel=1e-9)
+    assert GaussianStats.of(feats * 0.1).spread == pytest.approx(0.1 * pairs, rel=1e-9)

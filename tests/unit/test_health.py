@@ -175,3 +175,11 @@ def test_a_generator_that_fills_few_of_the_datas_classes_is_mode_collapse():
     assert few.problem == "mode_collapse" and "2 of the data's 10 classes" in few.reason
     assert HealthMonitor(policy="warn").check_coverage(3, 1, 10).ok   # class_ratio 0: the rule is off
     assert HealthMonitor.from_config(HealthConfig(class_ratio=0.7)).class_ratio == 0.7
+
+
+def test_diversity_in_an_evaluations_feature_space_is_judged_against_the_real_datas():
+    mon = HealthMonitor(policy="warn", real_ratio=0.5)
+    low = mon.check_real(4, 3.0, 10.0, "classifier features")
+    assert low.problem == "mode_collapse" and "(classifier features)" in low.reason and "10" in low.reason
+    assert mon.check_real(5, 6.0, 10.0, "classifier features").ok
+    assert HealthMonitor(policy="warn").check_real(6, 0.1, 10.0, "classifier features").ok   # off at ratio 0

@@ -27,8 +27,8 @@ def _final(tmp_path, name, step):
     return load_file(str(tmp_path / name / "checkpoints" / f"ckpt-{step:09d}" / "G_ema.safetensors"))
 
 
-# rpgan with plain R1 + R2 in D's main step, γ and β2 ramped over the first 2 of 2.56 kimg
-RAMPED = ["loss.kind=rpgan", "loss.r1_interval=1", "loss.r2_gamma=0.01", "loss.gamma_end=0.1",
+# rpgan with plain R1 + R2 in D's main step; γ, D's lr and both β2 ramped over the first 2 of 2.56 kimg
+RAMPED = ["loss.kind=rpgan", "loss.r1_interval=1", "loss.r2_gamma=0.01", "loss.gamma_end=0.1", "d_optim.lr_end=1e-4",
           "g_optim.beta2_end=0.999", "d_optim.beta2_end=0.999", "train.ramp_kimg=2"]
 
 
@@ -49,7 +49,8 @@ def test_resume_is_bit_exact(tmp_path, extra):
     # checkpoints at K, 2K and N, so the one at the split is still there)
     mid = _final(tmp_path, "split", K)
     assert any(not torch.equal(mid[k], b[k]) for k in b)
-    if extra is RAMPED:   # Adam's β2 went from the config's 0.99 to its end value, 0.999
-        betas = [load_checkpoint(str(tmp_path / "split" / "checkpoints" / f"ckpt-{s:09d}"))[1]["strategy"]
-                 ["optimizers"]["D"]["param_groups"][0]["betas"][1] for s in (K, N)]
-        assert 0.99 < betas[0] < 0.999 and betas[1] == pytest.approx(0.999)
+    if extra is RAMPED:   # D's Adam went from the config's lr 1e-3, β2 0.99 to the end values
+        groups = [load_checkpoint(str(tmp_path / "split" / "checkpoints" / f"ckpt-{s:09d}"))[1]["strategy"]
+                  ["optimizers"]["D"]["param_groups"][0] for s in (K, N)]
+        assert 0.99 < groups[0]["betas"][1] < 0.999 and groups[1]["betas"][1] == pytest.approx(0.999)
+        assert 1e-4 < groups[0]["lr"] < 1e-3 and groups[1]["lr"] == pytest.approx(1e-4)
