@@ -32,7 +32,7 @@ from pipeline.errors import GantryError
 # instead of "terminated".
 PEER_GRACE_S = 3.0
 
-COMMANDS = ["train", "eval", "sample", "translate", "export", "shards", "history", "ui", "tracking", "register", "k8s", "submit", "jobs", "retrain"]
+COMMANDS = ["train", "eval", "sample", "translate", "export", "shards", "history", "ui", "tracking", "register", "k8s", "submit", "jobs", "retrain", "sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:

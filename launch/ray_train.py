@@ -75,7 +75,7 @@ def _saved_since(cfg: RunConfig, launched: float) -> str | None:
     return None
 
 
-def _absolute(cfg: RunConfig, resume: str | None) -> tuple[RunConfig, str | None]:
+def absolute(cfg: RunConfig, resume: str | None) -> tuple[RunConfig, str | None]:
     """Local paths made absolute here: workers keep their own node's working directory (Ray
     Train moves them into its session dir), so a relative SQLite tracking store, the default
     included, would be created there and not where `gantry history` looks."""
@@ -94,7 +94,7 @@ def _absolute(cfg: RunConfig, resume: str | None) -> tuple[RunConfig, str | None
     return cfg, (resume if resume == "latest" else fix(resume))
 
 
-def _refuse_local_paths_on_a_cluster(cfg: RunConfig) -> None:
+def refuse_local_paths_on_a_cluster(cfg: RunConfig) -> None:
     """A config error (exit 2), found once the cluster's size is known, before any work."""
     import ray
 
@@ -108,7 +108,7 @@ def _refuse_local_paths_on_a_cluster(cfg: RunConfig) -> None:
                           f"Ray cluster cannot read; use an object store (s3://…, gs://…)")
 
 
-def _ray_storage(run_dir: str):
+def ray_storage(run_dir: str):
     """(storage_path, storage_filesystem) for Ray Train's own state under the run dir. An
     object store goes through the same fsspec file system as the rest of gantry, so a custom
     endpoint (AWS_ENDPOINT_URL) and its credentials hold for Ray too."""
@@ -129,7 +129,7 @@ def _ray_storage(run_dir: str):
 RAY_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
-def _connect(address: str | None, workers: int) -> bool:
+def connect(address: str | None, workers: int) -> bool:
     """Join the cluster at `address` or start an embedded one; True when this call connected
     (and so must shut down)."""
     import ray
@@ -150,6 +150,13 @@ def _connect(address: str | None, workers: int) -> bool:
     return True
 
 
+def disconnect(address: str | None) -> None:
+    """Undo a `connect` that returned True."""
+    import ray
+
+    ray.shutdown() if address else embedded_ray.stop()
+
+
 def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = None,
             max_failures: int = MAX_FAILURES, tracking_run_id: str | None = None,
             placement: str = "PACK") -> dict[str, float]:
@@ -163,22 +170,22 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
     from pipeline.strategy import COLLECTIVE_TIMEOUT_S
     from pipeline.worker import run_dir_for
 
-    cfg, resume = _absolute(cfg, resume)
+    cfg, resume = absolute(cfg, resume)
     if not cfg.is_toy:  # before Ray starts: a plan these shards cannot feed fails fast
         from pipeline.shards.manifest import load_manifest
         from pipeline.shards.plan import plan_shards
         plan_shards(load_manifest(cfg.data.path), 0, cfg.seed, cfg.workers)
     address = address or os.environ.get("RAY_ADDRESS")
-    started = _connect(address, cfg.workers)
+    started = connect(address, cfg.workers)
     try:
-        _refuse_local_paths_on_a_cluster(cfg)
+        refuse_local_paths_on_a_cluster(cfg)
     except Exception:
         if started:
-            ray.shutdown() if address else embedded_ray.stop()
+            disconnect(address)
         raise
     # The cluster's GPUs, not this process's: on KubeRay the driver runs on a CPU-only head pod.
     gpu = ray.cluster_resources().get("GPU", 0) >= 1
-    storage_path, storage_filesystem = _ray_storage(run_dir_for(cfg))
+    storage_path, storage_filesystem = ray_storage(run_dir_for(cfg))
     launched = time.time()
     trainer_class = embedded_ray.trainer_class() if started and not address else TorchTrainer
     trainer = trainer_class(
@@ -202,7 +209,7 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
         raise GantryError(f"training failed after {max_failures} restarts: {_root_cause(e)}") from None
     finally:
         if started:
-            ray.shutdown() if address else embedded_ray.stop()
+            disconnect(address)
     # The run's last evaluation, as its final checkpoint recorded it (Ray Train keeps reported
     # metrics only with checkpoints, and gantry's checkpoints stay in the run dir).
     latest = _saved_since(cfg, launched)

@@ -55,6 +55,20 @@ def save_checkpoint(root: str, step: int, weights: dict[str, dict[str, torch.Ten
     return path
 
 
+def adopt_checkpoint(src: str, root: str) -> str:
+    """Make the checkpoint at `src` (another run's, or a copy of one) the only one under root,
+    as if this run had saved it: a run continued from it rolls back to it, never to a
+    checkpoint of its own past. Committed the same way (meta.json last); returns its location."""
+    step = int(read_meta(src)["step"])
+    for old in list_checkpoints(root):
+        storage.remove(storage.join(old, META))
+        storage.remove(old)
+    dest = storage.join(str(root), f"{PREFIX}{step:09d}")
+    for name in [n for n in storage.list_names(src) if n != META] + [META]:
+        storage.write_bytes(storage.join(dest, name), storage.read_bytes(storage.join(str(src), name)))
+    return dest
+
+
 def list_checkpoints(root: str) -> list[str]:
     """Committed checkpoints under root, oldest first."""
     root = str(root)

@@ -14,19 +14,33 @@ PREFIX = "gantry: "
 PROGRESS = PREFIX + "progress "
 
 
+_speaker = ""  # set by speak_for: this process's lines belong in the log, not on the console
+
+
+def speak_for(name: str) -> None:
+    """From now on this process's lines read `<name>: …` and stay out of the console (which
+    shows `gantry: ` lines only) but land in the driver's log: a sweep's trials, whose driver
+    prints one line per trial for them."""
+    global _speaker
+    _speaker = name
+
+
 def say(message: str) -> None:
-    print(PREFIX + message, flush=True)
+    print(f"{_speaker}: {message}" if _speaker else PREFIX + message, flush=True)
 
 
 def progress(message: str) -> None:
-    print(PROGRESS + message, flush=True)
+    if not _speaker:
+        print(PROGRESS + message, flush=True)
 
 
 class _WarningLine(logging.StreamHandler):
     def __init__(self):
         super().__init__(sys.stderr)
         self.setLevel(logging.WARNING)
-        self.setFormatter(logging.Formatter(PREFIX + "warning: %(message)s"))
+
+    def format(self, record) -> str:
+        return f"{_speaker}: warning: {record.getMessage()}" if _speaker else f"{PREFIX}warning: {record.getMessage()}"
 
 
 def show_warnings() -> None:

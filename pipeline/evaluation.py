@@ -29,6 +29,27 @@ def quality_score(metrics: dict[str, float]) -> float | None:
     return None
 
 
+def metric_names(cfg) -> set[str]:
+    """The names an evaluation of a run of `cfg` can report, without reading anything: what a
+    sweep may optimize. A translation run reports FID in the classifier's space only when its
+    data is labelled, so both spaces are named."""
+    if cfg.is_toy:
+        return {"hq_pct", "modes_covered", "modes_total"}
+    m, space = set(cfg.eval.metrics), cfg.eval.features
+    if cfg.is_translation:
+        return ({"l1", "psnr", "ssim"} | ({"fid", f"fid_{space}", "fid_inception"} if "fid" in m else set())
+                | ({"class_match", "class_match_min"} if "coverage" in m else set()))
+    names = {f"diversity_{space}", f"real_diversity_{space}"} if m & {"fid", "kid", "pr"} else set()
+    per_metric = {"fid": {"fid", f"fid_{space}"}, "kid": {f"kid_{space}"},
+                  "pr": {f"precision_{space}", f"recall_{space}"},
+                  "coverage": {"classes_covered", "classes_total", "class_tv"}
+                  | ({"class_match", "class_match_min"} if cfg.model.conditional else set()),
+                  "cas": {"cas", "cas_real"}, "aug_gain": {"aug_real", "aug_mixed", "aug_gain"}}
+    for name in m:
+        names |= per_metric[name]
+    return names
+
+
 def headline(metrics: dict[str, float]) -> tuple[str, float] | None:
     """The metric a person watches: FID for images, modes covered for toy data."""
     for name in ("fid", "modes_covered"):

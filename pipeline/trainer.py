@@ -21,7 +21,7 @@ import torch
 from models.ema import ema_beta, update_ema
 from pipeline import checkpoint, console, storage
 from pipeline.config import RunConfig
-from pipeline.errors import GantryError
+from pipeline.errors import HealthStopped
 from pipeline.evaluation import headline, quality_score
 from pipeline.health import OK, Decision, HealthMonitor, Probe
 from pipeline.phases import Batch, Phase
@@ -57,6 +57,7 @@ class Trainer:
         self.nimg = 0
         self.last_eval: dict[str, float] = {}
         self.best_score: float | None = None
+        self.flagged: set[str] = set()  # the health problems seen, for launchers' reports
         self.stats = StepStats()
 
     # ---- one step -----------------------------------------------------------------------
@@ -200,13 +201,14 @@ class Trainer:
         if decision.ok:
             return False
         self._say(f"health {decision.action}: {decision.problem}: {decision.reason}")
+        self.flagged.add(decision.problem)
         self.tracker.log_metrics({f"health/{decision.problem}": 1.0}, self.step)
         self.tracker.set_tags({"health_last_event": f"{decision.action}: {decision.reason}"[:5000]})
         if decision.action == "warn":
             return False
         last_good = checkpoint.latest_checkpoint(storage.join(self.run_dir, "checkpoints"))
         if decision.action == "stop" or last_good is None:
-            raise GantryError(f"training stopped by the health monitor: {decision.reason}"
+            raise HealthStopped(f"training stopped by the health monitor: {decision.reason}"
                               + ("" if decision.action == "stop" else " (no checkpoint to roll back to)"))
         lr_scale = self.lr_scale * decision.lr_scale
         self.load(last_good)
@@ -267,7 +269,8 @@ class Trainer:
                 self.tracker.log_artifact(path, "checkpoints/best")
         self.strategy.barrier()
         if self.on_checkpoint:
-            self.on_checkpoint(path, {"step": self.step, "kimg": self.kimg, **self.last_eval})
+            self.on_checkpoint(path, {"step": self.step, "kimg": self.kimg, **self.last_eval,
+                                      "health": ",".join(sorted(self.flagged))})
         return path
 
     def load(self, path: str) -> None:

@@ -7,6 +7,9 @@ alias `champion`.
 Best is the run's best quality score, chosen this way: the minimum of metric `fid` over the run
 (lower is better) if the run logged one, else the maximum of `modes_covered` (toy mixtures,
 higher is better), else empty. The value carries its metric name, so rows compare at a glance.
+
+A sweep (`gantry sweep`) is one row: its parent run, named `sweep <name> (N trials)`, with the
+best trial's value of the sweep's metric; its trials' runs are not listed.
 """
 from __future__ import annotations
 
@@ -47,10 +50,16 @@ def run(args) -> int:
 def history(client, experiment_id: str) -> list[dict]:
     champions = champion_runs(client)
     runs = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1000)
+    trials: dict[str, int] = {}
+    for r in runs:
+        parent = r.data.tags.get("mlflow.parentRunId")
+        if parent:
+            trials[parent] = trials.get(parent, 0) + 1
     return [
         {
             "run_id": r.info.run_id,
-            "name": r.info.run_name,
+            "name": (f"{r.info.run_name} ({trials.get(r.info.run_id, 0)} trials)" if "gantry_sweep" in r.data.tags
+                     else r.info.run_name),
             "status": r.info.status,
             "start": r.info.start_time / 1000,
             "duration_s": ((r.info.end_time or time.time() * 1000) - r.info.start_time) / 1000,
@@ -59,12 +68,16 @@ def history(client, experiment_id: str) -> list[dict]:
             "data_version": r.data.tags.get("data_version"),
             "champion": r.info.run_id in champions,
         }
-        for r in runs
+        for r in runs if "mlflow.parentRunId" not in r.data.tags
     ]
 
 
 def best_metric(client, run) -> dict | None:
-    """{"metric", "value"}: min fid, else max modes_covered (see the module docstring)."""
+    """{"metric", "value"}: a sweep's best trial, else min fid, else max modes_covered (see the
+    module docstring)."""
+    if "gantry_sweep" in run.data.tags:
+        best = run.data.metrics.get("best")
+        return None if best is None else {"metric": run.data.tags["gantry_sweep_metric"].split()[-1], "value": best}
     for key, pick in (("fid", min), ("modes_covered", max)):
         if key in run.data.metrics:
             return {"metric": key, "value": pick(m.value for m in client.get_metric_history(run.info.run_id, key))}

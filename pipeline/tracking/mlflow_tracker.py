@@ -99,6 +99,9 @@ class MLflowTracker(Tracker):
             run = self.client.get_run(self.run_id)
         steps = [m.step for m in run.data._metric_objs if not m.key.startswith(SYSTEM_PREFIX)]
         self.start_step = max(steps) + 1 if steps else 0
+        # MLflow refuses to change a param: a resumed run keeps the values it started with (a
+        # sweep's trial that took over another's checkpoint logs its new values as metrics).
+        self._params = set(run.data.params)
 
         self._last_step: dict[str, int] = {}
         self._warned_keys: set[str] = set()
@@ -117,8 +120,9 @@ class MLflowTracker(Tracker):
     # ---- the trainer's side: never blocks on the network ----
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        """Nested mappings are flattened to dotted keys (`model.arch`)."""
-        self._enqueue([Record("param", k, str(v)[:MAX_PARAM_CHARS]) for k, v in _flatten(params)])
+        """Nested mappings are flattened to dotted keys (`model.arch`); keys the run already has
+        keep their value."""
+        self._enqueue([Record("param", k, str(v)[:MAX_PARAM_CHARS]) for k, v in _flatten(params) if k not in self._params])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         ts = _now_ms()

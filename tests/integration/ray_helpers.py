@@ -39,6 +39,7 @@ def train_cmd(shards, out_dir, kimg: float, checkpoint_kimg: float, *extra: str,
     return [sys.executable, "-m", "launch.cli", "train", str(REPO / "configs" / "mnist-dcgan.yaml"),
             f"data.path={shards}", f"train.out_dir={out_dir}", f"train.kimg={kimg}", f"train.batch={BATCH}",
             f"train.checkpoint_kimg={checkpoint_kimg}", "train.eval_kimg=1000", "train.log_every=8",
+            "eval.metrics=[]",  # sample grids only: scoring them would train a classifier per run
             "train.precision=fp32", "tracking.enabled=false", *extra] + (["--verbose"] if verbose else [])
 
 

@@ -19,8 +19,7 @@ def gantry(*args: str) -> subprocess.CompletedProcess:
 def test_eval_checkpoint_and_registered_model(tmp_path):
     shards = build_mnist(tmp_path / "shards")
     uri = f"sqlite:///{tmp_path}/mlruns.db"
-    cmd = train_cmd(shards, tmp_path / "out", 2.048, 1.024, "tracking.enabled=true", f"tracking.uri={uri}",
-                    "eval.metrics=[]")
+    cmd = train_cmd(shards, tmp_path / "out", 2.048, 1.024, "tracking.enabled=true", f"tracking.uri={uri}")
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = latest_checkpoint(tmp_path / "out" / "mnist-dcgan" / "checkpoints")

@@ -161,6 +161,7 @@ def test_down_at_close_spools_and_sync_uploads(mlflow_server, tmp_path, capsys, 
 
 def test_resume_continues_the_same_run(mlflow_server, tmp_path, caplog):
     first = make_tracker(mlflow_server, tmp_path, "resumable")
+    first.log_params({"g_optim": {"lr": 0.001}})
     for s in range(25):
         first.log_metrics({"loss": float(s)}, s)
     first.close(status="KILLED")
@@ -170,11 +171,15 @@ def test_resume_continues_the_same_run(mlflow_server, tmp_path, caplog):
     assert again.client.get_run(again.run_id).info.status == "RUNNING"
     caplog.set_level(logging.WARNING, logger="gantry.tracking")
     again.log_metrics({"loss": -1.0}, 24)  # already logged before the restart: dropped
+    # a param keeps its first value (MLflow refuses a change); a new one is logged, and the
+    # batch it travels in is not refused
+    again.log_params({"g_optim": {"lr": 0.002, "beta1": 0.5}})
     for s in range(again.start_step, 40):
         again.log_metrics({"loss": float(s)}, s)
     again.close()
     hist = again.client.get_metric_history(first.run_id, "loss")
     assert sorted((m.step, m.value) for m in hist) == [(s, float(s)) for s in range(40)]
+    assert again.client.get_run(first.run_id).data.params == {"g_optim.lr": "0.001", "g_optim.beta1": "0.5"}
     assert any("step 24" in r.getMessage() for r in caplog.records)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ConfigError, from_dict
+from pipeline.config import ConfigError, from_dict, load_config
+from pipeline.evaluation import metric_names
 from pipeline.errors import GantryError
 from pipeline.metrics.image_eval import ImageMetrics, read_real
 from pipeline.shards import build_shards
@@ -30,6 +31,8 @@ def test_cas_measures_whether_labels_match_the_images(blobs, tmp_path):
     assert right["aug_gain"] == pytest.approx(right["aug_mixed"] - right["aug_real"])
     assert wrong["aug_gain"] < right["aug_gain"] - 0.05, (right, wrong)
     assert metrics.score(x, y) == right  # seeded: the same images give the same scores
+    cfg = load_config("configs/mnist-cond.yaml", [f"data.path={blobs.root}", "eval.metrics=[cas, aug_gain]"])
+    assert set(right) == metric_names(cfg)
 
 
 def test_set_ups_cas_cannot_score_are_one_line_errors(tmp_path):

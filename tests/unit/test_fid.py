@@ -4,7 +4,9 @@ import scipy.linalg
 import torch
 
 from mnist_helpers import CLASSIFIER_STEPS, mnist_metrics_cache, mnist_shards
+from pipeline.config import load_config
 from pipeline.errors import GantryError
+from pipeline.evaluation import metric_names
 from pipeline.metrics.fid import GaussianStats, fid, frechet_distance, kid, mmd2_unbiased
 from pipeline.metrics.image_eval import ImageMetrics, read_real
 from pipeline.shards import load_manifest
@@ -99,6 +101,11 @@ def test_image_metrics_on_real_and_noise_with_cached_statistics(mnist_features, 
     assert real["classes_covered"] == 10 == real["classes_total"] and real["class_tv"] < 0.1
     assert "class_match" not in real  # an unconditional G asks for no class
     asked = metrics.score(images[-2000:], labels[-2000:])
+    conditional = load_config("configs/mnist-cond.yaml", [f"data.path={mnist_shards()}",
+                                                           "eval.metrics=[fid, kid, pr, coverage]"])
+    assert set(asked) | {"fid"} == metric_names(conditional)  # what a sweep may ask for (fid: the evaluator's alias)
+    assert set(real) | {"fid"} == metric_names(load_config("configs/mnist-dcgan.yaml", [
+        f"data.path={mnist_shards()}", "eval.metrics=[fid, kid, pr, coverage]"]))
     assert asked["class_match_min"] > 0.7 and asked["class_match"] > 0.85
     assert metrics.score(images[-2000:], labels[-2000:].roll(1))["class_match"] < 0.3
     ones = metrics.score(images[labels == 1][:500])
