@@ -49,7 +49,12 @@ class Terminated(KeyboardInterrupt):
     `except Exception` cannot swallow it."""
 
 
+_sigterm_seen = False  # a library that catches the stop and raises its own interrupt keeps exit 143
+
+
 def _terminate(signum, frame) -> None:
+    global _sigterm_seen
+    _sigterm_seen = True
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated()
 
@@ -104,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         _error_line(str(e))
         _let_peers_report()
         return 1
-    except Terminated:
-        _error_line("terminated (SIGTERM)")
-        return 143
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated) or _sigterm_seen:
+            _error_line("terminated (SIGTERM)")
+            return 143
         _error_line("interrupted")
         return 130
     finally:

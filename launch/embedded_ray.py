@@ -30,6 +30,8 @@ import contextlib
 import os
 import threading
 
+from pipeline.errors import GantryError
+
 # Read by Ray Train's controller in the driver, which hands them to its workers.
 TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 SYSTEM_CONFIG = {"task_events_report_interval_ms": 0, "enable_metrics_collection": False,
@@ -40,8 +42,13 @@ def start(num_cpus: int) -> None:
     import ray
 
     with _new_processes_idle():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=512 * 2**20,
-                 _system_config=SYSTEM_CONFIG)
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=512 * 2**20,
+                     _system_config=SYSTEM_CONFIG)
+        except Exception as e:  # e.g. its raylet or GCS not up in time on an overloaded machine
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            raise GantryError(f"the embedded Ray cluster did not start: "
+                              f"{lines[0] if lines else type(e).__name__}") from None
 
 
 def stop() -> None:
