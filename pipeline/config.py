@@ -313,7 +313,7 @@ def _apply_override(tree: dict, dotted: str, source: str) -> None:
     node[parts[-1]] = _parse_scalar(value)
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def describe_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
@@ -326,23 +326,27 @@ def from_dict(tree: dict, source: str = "<config>") -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_describe(e, source)) from None
+        raise ConfigError(describe_error(e, source)) from None
+
+
+def read_mapping(path: str | Path, what: str = "config") -> dict:
+    """A YAML file whose top level is a mapping; a ConfigError naming the file otherwise."""
+    source, p = str(path), Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{source}: {what} file not found")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    return tree
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML file (or defaults when path is None) and apply dotted overrides."""
     source = str(path) if path else "<defaults>"
-    tree: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{source}: config file not found")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{source}: top level must be a mapping of sections")
+    tree = read_mapping(path) if path else {}
     for o in overrides:
         _apply_override(tree, o, source)
     return from_dict(tree, source)

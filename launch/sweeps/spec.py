@@ -31,10 +31,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.config import ConfigError, RunConfig, _describe, with_overrides
+from pipeline.config import ConfigError, RunConfig, describe_error, read_mapping, with_overrides
 from pipeline.evaluation import metric_names
 
 
@@ -120,19 +119,10 @@ def load_sweep(path: str | Path, cfg: RunConfig) -> tuple[SweepSpec, RunConfig]:
     """The sweep file and the base config every trial starts from (`budget.kimg` and
     `report_kimg` applied); a ConfigError naming the file and key for anything that cannot run."""
     source = str(path)
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{source}: no such sweep file")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
-    try:
-        spec = SweepSpec.model_validate(tree)
+        spec = SweepSpec.model_validate(read_mapping(path, "sweep"))
     except ValidationError as e:
-        raise ConfigError(_describe(e, source)) from None
+        raise ConfigError(describe_error(e, source)) from None
     base = with_overrides(cfg, budget_overrides(spec, cfg), source)
     for key, dim in spec.space.items():
         for value in dim.values:  # a range's ends
