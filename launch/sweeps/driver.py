@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 
 from ray.tune import Callback
@@ -264,9 +265,12 @@ def finish(cfg: RunConfig, spec: SweepSpec, base: RunConfig, root: str, parent: 
         files["best-config.yaml"] = (f"# sweep {spec.name}, trial {best['trial']}: {spec.metric} {best['value']:.4g}\n"
                                      + to_yaml(best_cfg)).encode()
     files.update(pbt_policies(experiment, storage_fs))
-    for name, data in files.items():
-        storage.write_bytes(storage.join(root, name), data)
-        client.log_artifact(parent, storage.local_path(storage.join(root, name))) if storage.is_local(root) else None
+    with tempfile.TemporaryDirectory(prefix="gantry-sweep-") as staged:  # MLflow uploads local files
+        for name, data in files.items():
+            storage.write_bytes(storage.join(root, name), data)
+            with open(os.path.join(staged, name), "wb") as f:
+                f.write(data)
+        client.log_artifacts(parent, staged)
     counts = {o: sum(r["outcome"] == o for r in rows) for o in ("finished", "stopped", "collapsed", "diverged", "failed")}
     now = int(time.time() * 1000)
     client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in

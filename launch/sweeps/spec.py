@@ -132,9 +132,10 @@ def load_sweep(path: str | Path, cfg: RunConfig) -> tuple[SweepSpec, RunConfig]:
                 raise ConfigError(f"{source}: space key '{key}': {str(e).removeprefix(source + ': ')}") from None
     reported = metric_names(base)
     if spec.metric not in reported:
+        scored = "" if base.is_toy else f", eval.metrics {base.eval.metrics}"
         raise ConfigError(f"{source}: metric '{spec.metric}' is not reported by runs of this config "
-                          f"(model.arch {base.model.arch} on {base.data.path or base.data.source}, eval.metrics "
-                          f"{base.eval.metrics}); it reports: {', '.join(sorted(reported)) or 'nothing'}")
+                          f"(model.arch {base.model.arch} on {base.data.path or base.data.source}{scored}); it "
+                          f"reports: {', '.join(sorted(reported)) or 'nothing'}")
     return spec, base
 
 
