@@ -174,10 +174,11 @@ class HealthConfig(Section):
     max_loss: float = Field(50.0, ge=0, description="mean D or G loss above this is divergence; 0 turns it off")
     max_skipped: float = Field(0.5, gt=0, le=1, description="share of skipped (non-finite) steps that is divergence")
     collapse_ratio: float = Field(0.3, gt=0, lt=1, description="diversity below ratio x baseline: mode collapse")
-    # Off by default until measured on the shipped configs: an untrained DCGAN (eval mode) reads
-    # 0.2 against real MNIST's 19.8, so any reading before G learns would be flagged.
+    # Off by default: a good ratio depends on the data and on how soon G learns (an untrained
+    # DCGAN reads 0.2 against real MNIST's 19.8); configs/mnist-dcgan.yaml sets one it measured.
     real_ratio: float = Field(0.0, ge=0, lt=1, description="diversity below ratio x the real data's: mode collapse "
                                                            "from the first reading; 0 turns it off")
+    real_patience: int = Field(2, ge=1, description="readings in a row below real_ratio before it flags")
     class_ratio: float = Field(0.0, ge=0, le=1, description="classes G's images fill (eval metric coverage) below "
                                                             "ratio x the data's: mode collapse; 0 turns it off")
     warmup: int = Field(3, ge=1, description="diversity readings that seed the baseline")

@@ -159,13 +159,26 @@ def test_a_generator_collapsed_from_the_start_is_flagged_against_the_real_data()
     baseline_only = HealthMonitor(policy="warn", warmup=3)
     assert all(baseline_only.check_diversity(step, x, real).ok for step, x in enumerate(collapsed))
     mon = HealthMonitor(policy="warn", warmup=3, real_ratio=0.3)
-    first = mon.check_diversity(0, collapsed[0], real)
-    assert first.problem == "mode_collapse" and "the real data's" in first.reason
+    assert mon.check_diversity(0, collapsed[0], real).ok   # one low reading: a G may pass through it
     assert mon.last_diversity == pytest.approx(diversity(collapsed[0]))
+    second = mon.check_diversity(1, collapsed[1], real)
+    assert second.problem == "mode_collapse" and "the real data's" in second.reason
+    assert "in 2 readings in a row" in second.reason
+    at_once = HealthMonitor(policy="warn", warmup=3, real_ratio=0.3, real_patience=1)
+    assert at_once.check_diversity(0, collapsed[0], real).problem == "mode_collapse"
     # a healthy G is as diverse as the data and stays quiet, with or without a reading of it
     healthy = HealthMonitor(policy="warn", warmup=3, real_ratio=0.3)
     assert all(healthy.check_diversity(step, torch.randn(64, 16, generator=g), real).ok for step in range(6))
     assert healthy.check_diversity(6, torch.randn(64, 16, generator=g), None).ok
+
+
+def test_low_readings_count_only_in_a_row_and_per_space():
+    mon = HealthMonitor(policy="warn", real_ratio=0.5)
+    readings = [(0, 2.0, "pixels"), (1, 2.0, "classifier features"), (2, 9.0, "pixels"),
+                (3, 2.0, "pixels"), (4, 9.0, "classifier features")]
+    assert all(mon.check_real(step, v, 10.0, space).ok for step, v, space in readings)
+    assert mon.check_real(5, 2.0, 10.0, "pixels").problem == "mode_collapse"
+    assert HealthMonitor.from_config(HealthConfig(real_patience=3)).real_patience == 3
 
 
 def test_a_generator_that_fills_few_of_the_datas_classes_is_mode_collapse():
@@ -178,7 +191,7 @@ def test_a_generator_that_fills_few_of_the_datas_classes_is_mode_collapse():
 
 
 def test_diversity_in_an_evaluations_feature_space_is_judged_against_the_real_datas():
-    mon = HealthMonitor(policy="warn", real_ratio=0.5)
+    mon = HealthMonitor(policy="warn", real_ratio=0.5, real_patience=1)
     low = mon.check_real(4, 3.0, 10.0, "classifier features")
     assert low.problem == "mode_collapse" and "(classifier features)" in low.reason and "10" in low.reason
     assert mon.check_real(5, 6.0, 10.0, "classifier features").ok
