@@ -24,6 +24,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Mapping
@@ -105,7 +106,9 @@ class MLflowTracker(Tracker):
 
         self._last_step: dict[str, int] = {}
         self._warned_keys: set[str] = set()
-        self._names = itertools.count()
+        # Staged snapshots of a resumed run share its spool with what an interrupted process left
+        # there unsent, so their names are this process's own.
+        self._names = (f"staged-{uuid.uuid4().hex[:8]}-{n}" for n in itertools.count())
         self._queue: deque[Record] = deque()
         self._cond = threading.Condition()
         self._closing = threading.Event()
@@ -152,7 +155,7 @@ class MLflowTracker(Tracker):
         its files by rename right after; rewriting a file in place would change the snapshot."""
         if storage.is_local(path) and not Path(path).exists():
             raise GantryError(f"cannot log artifact {path}: no such file or folder")
-        staged = stage(path, spool.files_dir(self.spool_dir, self.run_id) / f"staged-{next(self._names)}" / storage.basename(path))
+        staged = stage(path, spool.files_dir(self.spool_dir, self.run_id) / next(self._names) / storage.basename(path))
         self._enqueue([Record("artifact", artifact_path or "", path=str(staged))])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
