@@ -177,7 +177,7 @@ class HealthConfig(Section):
     # Off by default: a good ratio depends on the data and on how soon G learns (an untrained
     # DCGAN reads 0.2 against real MNIST's 19.8); configs/mnist-dcgan.yaml sets one it measured.
     real_ratio: float = Field(0.0, ge=0, lt=1, description="diversity below ratio x the real data's: mode collapse "
-                                                           "from the first reading; 0 turns it off")
+                                                           "from the first readings; 0 turns it off")
     real_patience: int = Field(2, ge=1, description="readings in a row below real_ratio before it flags")
     class_ratio: float = Field(0.0, ge=0, le=1, description="classes G's images fill (eval metric coverage) below "
                                                             "ratio x the data's: mode collapse; 0 turns it off")
