@@ -177,7 +177,10 @@ def test_an_interrupted_sweep_resumes_and_a_diverged_trial_is_counted(tmp_path):
     """The second trial's health monitor stops it (rpgan's losses start near 0.69 > max_loss
     0.5, under policy stop): it counts as diverged and does not end the sweep."""
     cmd = sweep_cmd(tmp_path, RESUMED, "health.policy=stop", "health.window=4", "train.log_every=10")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell that starts a job in the background (`make test &`) makes it ignore SIGINT, and its
+    # children inherit that: the sweep gets Ctrl-C as it would from a terminal.
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         for line in proc.stdout:
