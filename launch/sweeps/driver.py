@@ -130,7 +130,7 @@ def scheduler(spec: SweepSpec, base: RunConfig):
         return _past_the_end(PopulationBasedTraining, kimg)(
             time_attr="kimg", perturbation_interval=s.interval_kimg or report, burn_in_period=s.burn_in_kimg,
             hyperparam_mutations=search_space(spec), quantile_fraction=s.quantile,
-            resample_probability=s.resample_probability, log_config=True, require_attrs=False)
+            resample_probability=s.resample_probability, synch=s.synch, log_config=True, require_attrs=False)
     return FIFOScheduler()
 
 

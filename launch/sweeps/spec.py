@@ -22,6 +22,8 @@
       burn_in_kimg: 0                 # pbt: no exploit before this (early scores are noise)
       quantile: 0.25                  # pbt: the bottom quantile copies the top one
       resample_probability: 0.25      # pbt: explore resamples instead of scaling by 0.8 / 1.2
+      synch: false                    # pbt: true waits for every trial at each interval, so which
+                                      #   trial exploits which does not depend on timing
 
 Every mistake is a ConfigError naming the file and the key, found before Ray starts.
 """
@@ -95,6 +97,7 @@ class Scheduler(_Section):
     burn_in_kimg: float = Field(0.0, ge=0)
     quantile: float = Field(0.25, gt=0, le=0.5)
     resample_probability: float = Field(0.25, ge=0, le=1)
+    synch: bool = False
 
 
 class SweepSpec(_Section):

@@ -133,7 +133,7 @@ space:
   g_optim.lr: {loguniform: [0.0003, 0.003]}
   d_optim.lr: {loguniform: [0.0003, 0.003]}
 budget: {kimg: 96, report_kimg: 32, trials: 2, concurrent: 2}
-scheduler: {kind: pbt, interval_kimg: 32, quantile: 0.5}
+scheduler: {kind: pbt, interval_kimg: 32, quantile: 0.5, synch: true}
 """
 
 
@@ -144,6 +144,8 @@ def test_pbt_continues_a_trial_from_anothers_checkpoint_with_new_values(tmp_path
     no_ray_left()
     root = tmp_path / "runs" / "pbt"
     policies = [json.loads(ln) for p in root.glob("pbt_policy_*.txt") for ln in p.read_text().splitlines()]
+    # synchronous: at each interval both trials have reported, and the worse takes over the better
+    # one's checkpoint (asynchronous, a trial that reports while the other has not cannot be ranked)
     assert policies, "with two trials and quantile 0.5 the worse one takes over the better one's checkpoint"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp = client.get_experiment_by_name("gantry").experiment_id
