@@ -188,8 +188,8 @@ def test_an_interrupted_sweep_resumes_and_a_diverged_trial_is_counted(tmp_path):
         for line in proc.stdout:
             lines.append(line)
             if line.startswith("gantry: progress trials 0/2 done, 1 running"):
-                # Ctrl-C while the first trial runs, past its first report and checkpoint (after
-                # it ended, the second trial can diverge and end the sweep before the signal lands)
+                # Ctrl-C while the first trial runs, past its first report and checkpoint: the
+                # resume then continues a trial that had staged uploads pending
                 proc.send_signal(signal.SIGINT)
                 break
         out = "".join(lines) + proc.communicate(timeout=120)[0]
