@@ -59,9 +59,8 @@ def test_rank_failing_beside_a_collective_restarts_the_group(tmp_path, strategy)
         victim, held = _fresh_loader_worker(proc, log_path, tmp_path / "mnist-dcgan")
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
-        # rank 1 raises ("DataLoader worker ... exited unexpectedly") while rank 0 waits in the
-        # gradient all-reduce; Ray must see the group fail and restart it, well before any
-        # collective timeout.
+        # rank 1 raises while rank 0 waits in the gradient all-reduce; Ray must see the group fail
+        # and restart it, well before any collective timeout.
         while RESTARTED not in log_path.read_text() and proc.poll() is None:
             assert time.monotonic() - killed < RESTART_WITHIN_S, (
                 f"no restart {RESTART_WITHIN_S} s after the kill:\n" + log_path.read_text()[-3000:])
@@ -73,5 +72,7 @@ def test_rank_failing_beside_a_collective_restarts_the_group(tmp_path, strategy)
     out = log_path.read_text()
     print(f"{strategy}: kill -> restart line {restart_s:.1f} s")
     assert rc == 0, out[-3000:]
-    assert re.search(r"DataLoader worker \(pid\(?s?\)? ?\d+\)", out), out[-3000:]  # the failure we caused
+    # the failure we caused: torch names the dead worker, unless it died while handing over a batch's
+    # file descriptor, and then the rank's read of it fails instead (1 CI run in about 30)
+    assert re.search(r"DataLoader worker \(pid\(?s?\)? ?\d+\)|ConnectionResetError", out), out[-3000:]
     check_resumed_and_finished(tmp_path / "mnist-dcgan", out, LOADER_KIMG, held)
