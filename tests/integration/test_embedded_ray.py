@@ -22,9 +22,12 @@ def classes(pid=None):
     tids = os.listdir(f"/proc/{pid or 'self'}/task")
     return sorted({os.sched_getscheduler(int(t)) for t in tids})
 
-def started_class():  # of a thread this thread starts, as torch starts its OpenMP threads
+def nice():
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+def started_class():  # (class, nice) of a thread this thread starts, as torch starts its OpenMP threads
     seen = []
-    t = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))
+    t = threading.Thread(target=lambda: seen.append([os.sched_getscheduler(0), nice()]))
     t.start(), t.join()
     return seen[0]
 
@@ -34,11 +37,11 @@ embedded_ray.start(num_cpus=1)
 def worker(foreground):
     if foreground:
         embedded_ray.foreground()
-    return os.getpid(), os.sched_getscheduler(0), started_class(), classes()
+    return os.getpid(), [os.sched_getscheduler(0), nice()], started_class(), classes()
 
 started = {p.pid: p.name() for p in psutil.Process().children(recursive=True)}
 as_started, as_trainer = ray.get(worker.remote(False)), ray.get(worker.remote(True))
-out = {"driver": [os.sched_getscheduler(0), started_class(), classes()],
+out = {"driver": [[os.sched_getscheduler(0), nice()], started_class(), classes()],
        "ray": {name: classes(pid) for pid, name in started.items() if psutil.pid_exists(pid)},
        "worker": as_started, "trainer": as_trainer}
 ray.shutdown()
@@ -53,16 +56,19 @@ def test_ray_runs_idle_class_and_the_trainer_normally():
     out = json.loads(r.stdout.strip().splitlines()[-1])
     (pid, *before), (same_pid, *after) = out["worker"], out["trainer"]
     assert pid == same_pid  # one worker process, before and after it called foreground()
-    normal = [os.SCHED_OTHER, os.SCHED_OTHER]
+    normal = [[os.SCHED_OTHER, os.nice(0)]] * 2  # this test's nice level is the driver's
     assert out["driver"][:2] == normal, "the driver's main thread, and what it starts, run normally"
-    assert after[:2] == normal, "a training thread, and what it starts, run normally"
     assert {"raylet", "gcs_server"} <= set(out["ray"]), out["ray"]
+    ray_nice = before[0][1]
+    assert ray_nice > os.nice(0), "Ray starts workers niced (worker_niceness)"
     if embedded_ray._can_leave_idle():
+        assert after[:2] == normal, "a training thread, and what it starts, run normally, at the driver's nice"
         assert all(c == [os.SCHED_IDLE] for c in out["ray"].values()), out["ray"]
-        assert before == [os.SCHED_IDLE, os.SCHED_IDLE, [os.SCHED_IDLE]]
+        assert before == [[os.SCHED_IDLE, ray_nice], [os.SCHED_IDLE, ray_nice], [os.SCHED_IDLE]]
         # Ray's own threads in the worker and the driver stay idle-class
         assert os.SCHED_IDLE in after[2] and os.SCHED_IDLE in out["driver"][2]
-    else:  # no way back from idle-class here: nothing is made idle-class
+    else:  # no way back from idle-class here: nothing is made idle-class, nor less nice
+        assert after[:2] == before[:2] == [[os.SCHED_OTHER, ray_nice]] * 2
         assert all(c == [os.SCHED_OTHER] for c in out["ray"].values()), out["ray"]
         assert after[2] == out["driver"][2] == [os.SCHED_OTHER]
 
