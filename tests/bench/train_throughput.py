@@ -8,16 +8,17 @@ One run of this script measures, on MNIST shards at 64x64 (built in a temp dir):
             logs for each window of `--window` steps, read back from MLflow;
 each in fp32 NCHW and in bf16 + channels_last (the pipeline with its defaults, which choose the
 precision from the CPU: the chosen one is read from the run's tags), then the same default run
-under Ray x1 and the local launcher side by side, in alternating windows of `--paired-window-s`
-(`ray_over_local_1_worker`: what the Ray launcher costs per step; see `paired`), and Ray x2
-(ddp, same per-worker batch; `--no-scaling` skips it). Every figure is the median of
-`--windows` windows after 2 warm-up ones. Prints one JSON object with the ratios.
+under Ray x1 and the local launcher side by side, in windows where they take turns every
+`--paired-slice-s` (`ray_over_local_1_worker`, the median of the windows' ratios: what the Ray
+launcher costs per step; see `paired`), and Ray x2 (ddp, same per-worker batch; `--no-scaling`
+skips it). Every figure is the median of `--windows` windows after 2 warm-up ones. Prints one
+JSON object with the ratios.
 With --compile, also the bf16 bare loop with `torch.compile`d G and D (R1's double backward
 does not compile, so the trainer does not offer it; this measures what it would buy).
 --no-bf16 drops the bf16 bare loop: on a CPU without native bf16 (no AVX512-BF16/AMX) it times
 emulation, many times slower than fp32, and `auto` picks fp32 for the pipeline anyway.
 Usage: python tests/bench/train_throughput.py [--windows 5] [--window 10] [--width 64] [--no-ray] [--no-scaling]
-       [--paired-window-s 8] [--no-bf16] [--compile]
+       [--paired-window-s 9] [--paired-slice-s 3] [--no-bf16] [--compile]
 """
 from __future__ import annotations
 
@@ -133,15 +134,19 @@ def _signal(procs: list, sig: int) -> None:
             p.send_signal(sig)
 
 
-def paired(shards: Path, tmp: Path, width: int, batch: int, windows: int, window_s: float) -> dict[str, list[float]]:
-    """img/s of the local and the Ray x1 launcher, timed in alternating slices of one period.
+def paired(shards: Path, tmp: Path, width: int, batch: int, windows: int, window_s: float,
+           slice_s: float) -> dict[str, list[float]]:
+    """img/s of the local and the Ray x1 launcher in `windows` windows, each launcher training
+    `window_s` seconds of each window in alternating slices of `slice_s`.
 
     This VM's speed shifts by ~15 % for tens of seconds at a time (the same bare loop reads
     ~126 or ~145 img/s), so two runs one after the other compare the machine's moods, not the
-    launchers. Here both runs are alive together, and every `window_s` one of them (its whole
-    process tree: for Ray, the driver and the cluster it started) is SIGSTOPped while the other
-    trains: window k of each run lies next to window k of the other. A window's rate counts
-    only steps that started and ended inside it, timed by the trainer's per-step log."""
+    launchers. Here both runs are alive together, and every slice one of them (its whole process
+    tree: for Ray, the driver and the cluster it started) is SIGSTOPped while the other trains,
+    in the order local, Ray, Ray, local, ... so that a drift within a window falls on both. A
+    slice counts only steps that started and ended inside it, timed by the trainer's per-step
+    log. Stopping the Ray cluster's daemons, not only its worker, is the harder test for Ray: they
+    wake to a backlog of timers at each slice."""
     from mlflow import MlflowClient
 
     kimg = 1000  # stopped by SIGTERM once the windows are taken
@@ -157,15 +162,20 @@ def paired(shards: Path, tmp: Path, width: int, batch: int, windows: int, window
             _wait_for_steps(uris[tag], tag, WARMUP * 10, procs[tag])
             _signal(_tree(procs[tag]), signal.SIGSTOP)
     _wait_for_steps(uris["local"], "local", WARMUP * 10, procs["local"])
-    slices: dict[str, list[tuple[float, float]]] = {"local": [], "ray": []}
+    per_window = max(1, round(window_s / slice_s))
+    slices: dict[str, list[tuple[int, float, float]]] = {"local": [], "ray": []}  # (window, start, end)
+    running = "local"
     try:
-        for k in range(2 * windows):
-            on, off = ("local", "ray") if k % 2 == 0 else ("ray", "local")
-            _signal(_tree(procs[off]), signal.SIGSTOP)
-            _signal(_tree(procs[on]), signal.SIGCONT)
-            start = time.time()
-            time.sleep(window_s)
-            slices[on].append((start, time.time()))
+        for k in range(windows):
+            for j in range(per_window):
+                for on in ("local", "ray") if j % 2 == 0 else ("ray", "local"):
+                    if on != running:
+                        _signal(_tree(procs[running]), signal.SIGSTOP)
+                        _signal(_tree(procs[on]), signal.SIGCONT)
+                        running = on
+                    start = time.time()
+                    time.sleep(slice_s)
+                    slices[on].append((k, start, time.time()))
     finally:
         for proc in procs.values():
             _signal(_tree(proc), signal.SIGCONT)
@@ -178,10 +188,10 @@ def paired(shards: Path, tmp: Path, width: int, batch: int, windows: int, window
         run = client.search_runs([client.get_experiment_by_name("paired").experiment_id])[0]
         steps = [(m.timestamp / 1000, batch / m.value) for m in client.get_metric_history(run.info.run_id, "img_per_s")]
         rates[tag] = []
-        for a, b in spans:
-            inside = [dt for t, dt in steps if a <= t - dt and t <= b]
+        for k in range(windows):
+            inside = [dt for w, a, b in spans if w == k for t, dt in steps if a <= t - dt and t <= b]
             if not inside:
-                sys.exit(f"{tag}: no whole step inside a {window_s} s window")
+                sys.exit(f"{tag}: no whole step inside the slices of window {k + 1}")
             rates[tag].append(len(inside) * batch / sum(inside))
     return rates
 
@@ -207,8 +217,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray x1 / x2 comparison")
     ap.add_argument("--no-scaling", action="store_true", help="skip Ray x2")
-    ap.add_argument("--paired-window-s", type=float, default=8.0,
-                    help="seconds per window of the local-vs-Ray comparison (see `paired`)")
+    ap.add_argument("--paired-window-s", type=float, default=9.0,
+                    help="seconds each launcher trains in a window of the local-vs-Ray comparison (see `paired`)")
+    ap.add_argument("--paired-slice-s", type=float, default=3.0, help="seconds between switches in that comparison")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 bare loop (for CPUs without native bf16)")
     ap.add_argument("--compile", action="store_true", help="also the bf16 bare loop with torch.compile'd G and D")
     args = ap.parse_args()
@@ -230,7 +241,7 @@ def main() -> None:
         runs["pipeline_default"], tags = pipeline(shards, tmp, "default", w, b, n, k, [], [])
         out["default_precision"] = {"precision": tags.get("precision"), "channels_last": tags.get("channels_last")}
         if not args.no_ray:
-            both = paired(shards, tmp, w, b, n, args.paired_window_s)
+            both = paired(shards, tmp, w, b, n, args.paired_window_s, args.paired_slice_s)
             runs["ray_1_worker"], runs["local_beside_ray"] = both["ray"], both["local"]
             if not args.no_scaling:
                 runs["ray_2_workers"], _ = pipeline(shards, tmp, "ray2", w, 2 * b, n, k, [],
@@ -248,7 +259,9 @@ def main() -> None:
     if args.compile:
         out["ratios"]["compiled_over_eager_bf16_bare"] = round(ips["bare_bf16_compiled"] / ips["bare_bf16"], 3)
     if not args.no_ray:
-        out["ratios"]["ray_over_local_1_worker"] = round(ips["ray_1_worker"] / ips["local_beside_ray"], 3)
+        # windows are paired in time: the median of their ratios
+        out["ratios"]["ray_over_local_1_worker"] = round(med(r / l for r, l in zip(runs["ray_1_worker"],
+                                                                                 runs["local_beside_ray"])), 3)
     if not args.no_ray and not args.no_scaling:
         out["ratios"]["ray_2_over_1_workers"] = round(ips["ray_2_workers"] / ips["ray_1_worker"], 3)
     print(json.dumps(out))
