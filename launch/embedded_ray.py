@@ -102,9 +102,9 @@ def foreground() -> None:
     The nice level: Ray starts workers at nice 15 so that its daemons win the CPU from them;
     here the daemons are idle-class already, and a trainer at nice 15 (weight 36 against 1024)
     also yields its core to every nice-0 wake-up of the machine (kernel threads, a container's
-    agent), while its other OpenMP thread waits at the next barrier. Ray x1 over local in
-    paired windows (tests/bench/train_throughput.py): 0.951, 0.960, 0.964 at nice 15; 0.980,
-    0.967, 1.003 at nice 0."""
+    agent), while its other OpenMP thread waits at the next barrier. Ray x1 over local, the two
+    taking 8-s turns (an early version of `paired` in tests/bench/train_throughput.py, ratio of
+    medians): 0.951, 0.960, 0.964 at nice 15; 0.980, 0.967, 1.003 at nice 0."""
     if os.sched_getscheduler(0) == os.SCHED_IDLE:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         with contextlib.suppress(PermissionError):  # a RLIMIT_NICE may allow the class, not the level

@@ -263,6 +263,7 @@ def main() -> None:
         out["ratios"]["ray_over_local_1_worker"] = round(med(r / l for r, l in zip(runs["ray_1_worker"],
                                                                                  runs["local_beside_ray"])), 3)
     if not args.no_ray and not args.no_scaling:
+        # not paired: Ray x2 runs after the pair, so this ratio carries the VM's drift between them
         out["ratios"]["ray_2_over_1_workers"] = round(ips["ray_2_workers"] / ips["ray_1_worker"], 3)
     print(json.dumps(out))
 
