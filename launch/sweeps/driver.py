@@ -63,6 +63,11 @@ def run_sweep(cfg: RunConfig, spec: SweepSpec, base: RunConfig, sources: dict, a
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # A trial the health monitor stopped before its first evaluation reports no metric.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Trials are recorded in MLflow. Tune's default CSV/JSON/TensorBoard loggers would write a
+    # second copy, and tensorboardX closes its writer from an exit hook that joins a
+    # multiprocessing queue's feeder thread: one CI run hung for 120 s after its Ctrl-C line,
+    # where only exit hooks run, and that is the one among them that can block.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     started = ray_train.connect(address, math.ceil(spec.budget.concurrent * spec.budget.cpus_per_trial))
     try:
         ray_train.refuse_local_paths_on_a_cluster(base)

@@ -6,6 +6,7 @@ trial another's checkpoint and new values, recorded in its run and in the policy
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -181,7 +182,9 @@ def test_an_interrupted_sweep_resumes_and_a_diverged_trial_is_counted(tmp_path):
     cmd = sweep_cmd(tmp_path, RESUMED, "health.policy=stop", "health.window=4", "train.log_every=10")
     # A shell that starts a job in the background (`make test &`) makes it ignore SIGINT, and its
     # children inherit that: the sweep gets Ctrl-C as it would from a terminal.
+    # PYTHONFAULTHANDLER: a sweep that does not exit is sent SIGABRT, and prints where it hung
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
@@ -192,7 +195,11 @@ def test_an_interrupted_sweep_resumes_and_a_diverged_trial_is_counted(tmp_path):
                 # resume then continues a trial that had staged uploads pending
                 proc.send_signal(signal.SIGINT)
                 break
-        out = "".join(lines) + proc.communicate(timeout=120)[0]
+        try:
+            out = "".join(lines) + proc.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail("the sweep did not exit 120 s after Ctrl-C:\n" + proc.communicate(timeout=30)[0][-6000:])
     finally:
         stop_tree(proc)
     assert proc.returncode == 130, out[-3000:]
