@@ -22,6 +22,11 @@ So an embedded cluster
     training thread; they still run whenever the trainer waits (data, collectives,
     checkpoints), and on a saturated core they get a small share, not none, so Ray's own
     health checks keep passing.
+Not on a machine that is busy already: idle-class processes get ~0.3 % of a core that other
+processes keep saturated, and Ray, which needs a few CPU-seconds to start its daemons and
+workers, then times out starting (seen here with a busy loop on each core). So Ray runs
+idle-class only where at least half a core is free when it starts; otherwise it runs as
+stock Ray does.
 A cluster gantry joins (an address) is left as its operator configured it.
 """
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 
 from pipeline.errors import GantryError
 
@@ -42,11 +48,16 @@ SYSTEM_CONFIG = {"task_events_report_interval_ms": 0, "enable_metrics_collection
 NICE_ENV = "GANTRY_DRIVER_NICE"
 
 
-def start(num_cpus: int) -> None:
+# Below this many idle cores when Ray starts, its processes are not made idle-class.
+MIN_FREE_CORES = 0.5
+
+
+def start(num_cpus: int) -> bool:
+    """Start the cluster; True when its processes run idle-class."""
     import ray
 
     os.environ[NICE_ENV] = str(os.getpriority(os.PRIO_PROCESS, 0))
-    with _new_processes_idle():
+    with _new_processes_idle() as idle:
         try:
             ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=512 * 2**20,
                      _system_config=SYSTEM_CONFIG)
@@ -54,6 +65,7 @@ def start(num_cpus: int) -> None:
             lines = [ln for ln in str(e).splitlines() if ln.strip()]
             raise GantryError(f"the embedded Ray cluster did not start: "
                               f"{lines[0] if lines else type(e).__name__}") from None
+    return idle
 
 
 def stop() -> None:
@@ -113,12 +125,12 @@ def foreground() -> None:
 
 @contextlib.contextmanager
 def _new_processes_idle():
-    if not _can_leave_idle():
-        yield
+    if not _can_leave_idle() or cores_free() < MIN_FREE_CORES:
+        yield False
         return
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
-        yield
+        yield True
     finally:
         foreground()  # ray.init's threads in the driver stay idle-class, as in a worker
 
@@ -142,3 +154,16 @@ def _can_leave_idle() -> bool:
     t.start()
     t.join()
     return bool(ok)
+
+
+def cores_free(sample_s: float = 0.25) -> float:
+    """How many of this machine's cores were idle over the next `sample_s` (from /proc/stat)."""
+    def times():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return fields[3] + fields[4], sum(fields)
+
+    idle0, total0 = times()
+    time.sleep(sample_s)
+    idle1, total1 = times()
+    return (os.cpu_count() or 1) * (idle1 - idle0) / max(total1 - total0, 1)

@@ -1,5 +1,6 @@
 """The embedded Ray cluster stays out of the trainer's way (launch/embedded_ray.py): its
-processes and threads run idle-class where the OS lets a trainer leave that class again, a
+processes and threads run idle-class where the OS lets a trainer leave that class again and
+the machine is not busy already, a
 training thread (and what it starts) and the driver's main thread run normally, and Ray Train starts none of the actors an embedded run has no use
 for."""
 from __future__ import annotations
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from launch import embedded_ray
@@ -31,7 +33,7 @@ def started_class():  # (class, nice) of a thread this thread starts, as torch s
     t.start(), t.join()
     return seen[0]
 
-embedded_ray.start(num_cpus=1)
+idle = embedded_ray.start(num_cpus=1)
 
 @ray.remote(num_cpus=0)
 def worker(foreground):
@@ -41,7 +43,7 @@ def worker(foreground):
 
 started = {p.pid: p.name() for p in psutil.Process().children(recursive=True)}
 as_started, as_trainer = ray.get(worker.remote(False)), ray.get(worker.remote(True))
-out = {"driver": [[os.sched_getscheduler(0), nice()], started_class(), classes()],
+out = {"idle": idle, "driver": [[os.sched_getscheduler(0), nice()], started_class(), classes()],
        "ray": {name: classes(pid) for pid, name in started.items() if psutil.pid_exists(pid)},
        "worker": as_started, "trainer": as_trainer}
 ray.shutdown()
@@ -61,7 +63,9 @@ def test_ray_runs_idle_class_and_the_trainer_normally():
     assert {"raylet", "gcs_server"} <= set(out["ray"]), out["ray"]
     ray_nice = before[0][1]
     assert ray_nice > os.nice(0), "Ray starts workers niced (worker_niceness)"
-    if embedded_ray._can_leave_idle():
+    # nothing but this test runs: the machine is not busy, so only the OS can rule idle-class out
+    assert out["idle"] == embedded_ray._can_leave_idle()
+    if out["idle"]:
         assert after[:2] == normal, "a training thread, and what it starts, run normally, at the driver's nice"
         assert all(c == [os.SCHED_IDLE] for c in out["ray"].values()), out["ray"]
         assert before == [[os.SCHED_IDLE, ray_nice], [os.SCHED_IDLE, ray_nice], [os.SCHED_IDLE]]
@@ -71,6 +75,22 @@ def test_ray_runs_idle_class_and_the_trainer_normally():
         assert after[:2] == before[:2] == [[os.SCHED_OTHER, ray_nice]] * 2
         assert all(c == [os.SCHED_OTHER] for c in out["ray"].values()), out["ray"]
         assert after[2] == out["driver"][2] == [os.SCHED_OTHER]
+
+
+def test_ray_is_not_made_idle_class_on_a_busy_machine():
+    """Idle-class Ray could not start beside a busy loop on each core (its raylet timed out)."""
+    cores = os.cpu_count() or 1
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)
+        assert embedded_ray.cores_free() < embedded_ray.MIN_FREE_CORES
+        with embedded_ray._new_processes_idle() as idle:
+            assert not idle and os.sched_getscheduler(0) == os.SCHED_OTHER
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert embedded_ray.cores_free() >= embedded_ray.MIN_FREE_CORES  # and the same machine, quiet, is not
 
 
 def test_lean_trainer_drops_only_the_actors_an_embedded_run_does_not_use():
