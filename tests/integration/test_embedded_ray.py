@@ -107,6 +107,39 @@ def test_lean_trainer_drops_only_the_actors_an_embedded_run_does_not_use():
     assert lean == [n for n in full if n not in dropped]
 
 
+ACTORS = r"""
+import json, psutil, ray
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from launch import embedded_ray
+
+def train_fn(config):
+    names = sorted({" ".join(p.cmdline())[:60] for p in psutil.process_iter() if p.name().startswith("ray::")})
+    with open(config["to"], "w") as f:
+        json.dump(names, f)
+
+embedded_ray.start(num_cpus=1)
+out = {}
+for cls in (embedded_ray.trainer_class(), TorchTrainer):  # lean first: the coordinator outlives a run
+    to = f"STORAGE/{cls.__name__}.json"
+    cls(train_fn, train_loop_config={"to": to}, scaling_config=ScalingConfig(num_workers=1),
+        run_config=RunConfig(storage_path="STORAGE", name=cls.__name__)).fit()
+    out[cls.__name__] = json.load(open(to))
+embedded_ray.stop()
+print(json.dumps(out))
+"""
+
+
+def test_lean_trainer_runs_without_the_autoscaling_coordinator(tmp_path):
+    r = subprocess.run([sys.executable, "-c", ACTORS.replace("STORAGE", str(tmp_path))], cwd=REPO,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    coordinator = "ray::_AutoscalingCoordinatorActor"
+    assert not any(n.startswith(coordinator) for n in out["LeanTorchTrainer"]), out
+    assert any(n.startswith(coordinator) for n in out["TorchTrainer"]), out  # what stock Ray Train starts
+
+
 OUTLIVER = r"""
 import json, os, time, psutil, ray
 from launch import embedded_ray
