@@ -38,17 +38,28 @@ def _worker_loop(config: dict) -> None:
 
     from pipeline import console
     from pipeline.config import from_dict
+    from pipeline.errors import HealthStopped
     from pipeline.worker import train_worker
 
     embedded_ray.foreground()
-    torch.set_num_threads(_threads_here())
+    trial = config.get("trial")
+    torch.set_num_threads(trial["threads"] if trial else _threads_here())
+    if trial:
+        console.speak_for(f"trial {trial['name']}")
     cfg = from_dict(config["cfg"], "<ray driver>")
     rank = ray.train.get_context().get_world_rank()
     resume = _saved_since(cfg, config["launched"]) or config["resume"]
     if resume != config["resume"] and rank == 0:
         console.say(f"worker group restarted; resuming from {resume}")
-    train_worker(cfg, resume=resume, on_checkpoint=lambda path, info: ray.train.report(info),
-                 tracking_run_id=config["tracking_run_id"])
+    try:
+        train_worker(cfg, resume=resume, tracking_run_id=config["tracking_run_id"],
+                     on_checkpoint=lambda path, info: ray.train.report({**info, "checkpoint": path}))
+    except HealthStopped as e:
+        if not trial:
+            raise
+        # A sweep counts a diverged trial; retrying it, as a failure would be, diverges again.
+        console.say(str(e))
+        ray.train.report({"outcome": "diverged"})
 
 
 def _threads_here() -> int:
@@ -92,6 +103,16 @@ def absolute(cfg: RunConfig, resume: str | None) -> tuple[RunConfig, str | None]
         uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
     cfg.tracking.uri = uri
     return cfg, (resume if resume == "latest" else fix(resume))
+
+
+def refuse_single_strategy(cfg: RunConfig) -> None:
+    """Several workers under `single` would each train the whole run on its own, into one run
+    dir: a config error (exit 2) before any work."""
+    from pipeline.config import ConfigError
+
+    if cfg.workers > 1 and cfg.strategy.kind == "single":
+        raise ConfigError(f"workers is {cfg.workers} but strategy.kind is single, which trains each worker alone; "
+                          f"set strategy.kind ddp or deepspeed (--strategy)")
 
 
 def refuse_local_paths_on_a_cluster(cfg: RunConfig) -> None:
@@ -159,8 +180,11 @@ def disconnect(address: str | None) -> None:
 
 def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = None,
             max_failures: int = MAX_FAILURES, tracking_run_id: str | None = None,
-            placement: str = "PACK") -> dict[str, float]:
-    """Train `cfg` on `cfg.workers` Ray workers; return rank 0's last report (its eval)."""
+            placement: str = "PACK", trial: dict | None = None, callbacks: tuple = ()) -> dict[str, float]:
+    """Train `cfg` on `cfg.workers` Ray workers; return rank 0's last report (its eval).
+    `trial`: {"name", "threads", "cpus"} when this run is a sweep's trial (launch/sweeps/trial.py),
+    whose workers train with that many threads on that many of Ray's CPUs each;
+    `callbacks`: Ray Train callbacks, which see every report (metrics and the gantry checkpoint)."""
     import ray
     import ray.train
     from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
@@ -170,6 +194,7 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
     from pipeline.strategy import COLLECTIVE_TIMEOUT_S
     from pipeline.worker import run_dir_for
 
+    refuse_single_strategy(cfg)
     cfg, resume = absolute(cfg, resume)
     if not cfg.is_toy:  # before Ray starts: a plan these shards cannot feed fails fast
         from pipeline.shards.manifest import load_manifest
@@ -191,16 +216,16 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
     trainer = trainer_class(
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "resume": resume, "tracking_run_id": tracking_run_id,
-                           "launched": launched},
+                           "launched": launched, "trial": trial},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo", timeout_s=COLLECTIVE_TIMEOUT_S),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu, resources_per_worker={"CPU": 1},
-                                     placement_strategy=placement),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu, placement_strategy=placement,
+                                     resources_per_worker={"CPU": trial["cpus"] if trial else 1}),
         run_config=RayRunConfig(
             # One name per launch: a later launch resumes only when asked (--resume), while
             # restarts inside this launch resume from this launch's checkpoints.
             name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage_path, storage_filesystem=storage_filesystem,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=max_failures), callbacks=list(callbacks),
         ),
     )
     try:

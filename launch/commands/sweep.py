@@ -26,15 +26,15 @@ def run(args) -> int:
     import time
 
     from launch.console import Console
+    from launch.ray_train import refuse_single_strategy
     from launch.sweeps.driver import run_sweep, sweep_dir
     from launch.sweeps.spec import load_sweep
     from pipeline import storage
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config
     from pipeline.console import PREFIX, duration
 
     cfg = load_config(args.config, args.overrides)
-    if cfg.workers != 1:
-        raise ConfigError(f"{args.config}: workers is {cfg.workers}; a sweep runs each trial on one worker")
+    refuse_single_strategy(cfg)
     spec, base = load_sweep(args.sweep, cfg)
     root = sweep_dir(cfg, spec)
     storage.ensure_dir(root)

@@ -76,10 +76,14 @@ def run_sweep(cfg: RunConfig, spec: SweepSpec, base: RunConfig, sources: dict, a
         else:
             parent = parent_run(base, spec, sources)
             storage.write_bytes(state_url, json.dumps({"parent_run_id": parent, **sources}, indent=1).encode())
+        # A trial of several workers holds no CPU itself: it waits on its Ray Train workers,
+        # which share the trial's CPUs. (Tune refuses a request of nothing; one byte of Ray's
+        # memory resource is something.)
+        per_worker = spec.budget.cpus_per_trial / base.workers
         setup = {"parent_run_id": parent, "trials_dir": storage.join(root, "trials"),
-                 "threads": max(1, round(spec.budget.cpus_per_trial))}
+                 "threads": max(1, round(per_worker)), "cpus_per_worker": per_worker}
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=base.model_dump(mode="json"), setup=setup),
-                                        {"cpu": spec.budget.cpus_per_trial})
+                                        {"cpu": spec.budget.cpus_per_trial} if base.workers == 1 else {"memory": 1})
         report = Report(spec, base.train.kimg)
         experiment = os.path.join(storage_path, spec.name) if storage_fs is None else f"{storage_path}/{spec.name}"
         if resume:

@@ -12,7 +12,8 @@
       trials: 1                       # samples: random draws, or repeats of the whole grid
       concurrent: 2                   # trials at once
       report_kimg: 96                 # evaluate, checkpoint and report this often (default: eval_kimg)
-      cpus_per_trial: 1               # Ray's CPUs per trial (torch threads: the same, at least 1)
+      cpus_per_trial: 1               # Ray's CPUs per trial, shared by its workers (the config's `workers`);
+                                      #   torch threads per worker: its share, at least 1
       max_failures: 2                 # a trial whose process dies restarts from its last checkpoint
     scheduler:
       kind: grid                      # grid | random | asha | pbt

@@ -1,7 +1,7 @@
 """One trial of a sweep, run by Ray Tune in its own process: an ordinary gantry run.
 
 The same `train_worker` as `gantry train` (trainer, data stream, checkpoints, health monitor),
-one worker, in its own run dir `<sweep dir>/trials/<trial id>` and its own MLflow run, a child
+in this process for one worker or on Ray Train workers for several (`on_workers`), in its own run dir `<sweep dir>/trials/<trial id>` and its own MLflow run, a child
 of the sweep's. After every save (each `report_kimg`) it reports the evaluation to Tune with
 the checkpoint, so that
 
@@ -28,7 +28,8 @@ from launch import embedded_ray
 
 def run_trial(params: dict, base: dict, setup: dict) -> None:
     """`params`: the searched keys' values for this trial; `base`: the resolved config every
-    trial starts from; `setup`: {"parent_run_id", "trials_dir", "threads"}."""
+    trial starts from; `setup`: {"parent_run_id", "trials_dir", "threads", "cpus_per_worker"}
+    (threads: torch's, per worker)."""
     import torch
     from ray import tune
 
@@ -59,12 +60,61 @@ def run_trial(params: dict, base: dict, setup: dict) -> None:
             tune.report({**_numbers(info), "health": info["health"], "outcome": "running"},
                         checkpoint=tune.Checkpoint.from_directory(local))
 
+    def diverged():
+        tune.report({**_numbers(last), "health": "divergence", "outcome": "diverged"})
+
     log_values(cfg, run_id, params, resume)
+    if cfg.workers > 1:
+        on_workers(cfg, resume, run_id, {"name": trial, "threads": setup["threads"], "cpus": setup["cpus_per_worker"]},
+                   report, diverged)
+        return
     try:
         train_worker(cfg, resume=resume, on_checkpoint=report, tracking_run_id=run_id)
     except HealthStopped as e:
         console.say(str(e))
-        tune.report({**_numbers(last), "health": "divergence", "outcome": "diverged"})
+        diverged()
+
+
+def on_workers(cfg, resume: str | None, run_id: str, trial: dict, report, diverged) -> None:
+    """The trial on `cfg.workers` Ray Train workers (launch/ray_train.py), started from this
+    process: rank 0's report at each save reaches this thread through a queue and goes to
+    Tune from here, with its checkpoint. Ray Train itself does not restart the group: a worker
+    that dies fails the trial, which Tune restarts from its last checkpoint as it does a
+    one-worker trial."""
+    import threading
+
+    from ray.train.v2.api.callback import UserCallback
+    from ray.util.queue import Empty, Queue
+
+    from launch.ray_train import run_ray
+
+    reports = Queue(actor_options={"num_cpus": 0})
+
+    class Forward(UserCallback):  # runs in Ray Train's controller
+        def after_report(self, run_context, metrics, checkpoint):
+            reports.put(metrics[0])
+
+    failed: list[BaseException] = []
+
+    def fit():
+        try:
+            run_ray(cfg, resume=resume, max_failures=0, tracking_run_id=run_id, trial=trial, callbacks=(Forward(),))
+        except BaseException as e:  # re-raised in the trial's thread, which Tune watches
+            failed.append(e)
+
+    fitting = threading.Thread(target=fit, daemon=True)
+    fitting.start()
+    while fitting.is_alive() or not reports.empty():
+        try:
+            info = reports.get(timeout=1)
+        except Empty:
+            continue
+        if info.get("outcome") == "diverged":
+            diverged()
+        else:
+            report(info.pop("checkpoint"), info)
+    if failed:
+        raise failed[0]
 
 
 @contextlib.contextmanager

@@ -217,3 +217,54 @@ def test_an_interrupted_sweep_resumes_and_a_diverged_trial_is_counted(tmp_path):
     assert [row["name"] for row in rows] == ["sweep resumed (2 trials)"]
     summary = (tmp_path / "runs" / "resumed" / "summary.txt").read_text()
     assert "diverged" in summary
+
+
+PAIR = """name: pair
+metric: hq_pct
+mode: max
+space:
+  g_optim.lr: {grid: [0.001]}
+budget: {kimg: 96, report_kimg: 32, concurrent: 1, cpus_per_trial: 2}
+"""
+
+
+@pytest.mark.slow
+def test_a_trial_on_two_workers_restarts_from_its_checkpoint_when_one_is_killed(tmp_path):
+    """A trial of a two-worker DDP config trains on two Ray Train workers; SIGKILL one after the
+    first report and the trial restarts from that checkpoint and ends where a straight
+    two-worker run of the same settings ends."""
+    proc = subprocess.Popen(sweep_cmd(tmp_path, PAIR, "workers=2", "strategy.kind=ddp"), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        tune_dir = tmp_path / "runs" / "pair" / "ray" / "pair"
+        deadline = time.monotonic() + 180
+        while not list(tune_dir.glob("*/checkpoint_000000")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = matching(in_cmdline("ray::RayTrainWorker"))
+        assert len(workers) == 2, "the trial should train on two workers"
+        workers[1].kill()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        stop_tree(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert sum("restarting it from its last checkpoint" in ln for ln in out.splitlines()) == 1, out
+    assert all(ln.startswith("gantry: ") for ln in out.splitlines()), out  # the workers' lines went to the log
+    (ended,) = [ln for ln in out.splitlines() if ln.startswith("gantry: sweep pair: 1 trials: ")]
+    assert "failed" not in ended and "diverged" not in ended, ended
+    log = next((tmp_path / "runs" / "pair" / "logs").glob("sweep-*.log")).read_text()
+    assert log.count("; resumed from ") == 1
+    no_ray_left()
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("gantry").experiment_id
+    (t,) = client.search_runs([exp], "tags.mlflow.parentRunId != ''")
+    assert t.data.tags["workers"] == "2" and t.data.metrics["kimg"] == 96
+    straight = tmp_path / "straight"
+    r = subprocess.run([sys.executable, "-m", "launch.cli", "train", "configs/toy-ring.yaml", "--launcher", "ray",
+                        "--workers", "2", "--strategy", "ddp", f"train.out_dir={straight}", "train.kimg=96", "train.eval_kimg=32",
+                        "train.checkpoint_kimg=32", "g_optim.lr=0.001", "tracking.enabled=false"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    hand = checkpoint.read_meta(checkpoint.latest_checkpoint(str(straight / "toy-ring" / "checkpoints")))["eval"]
+    assert hand["hq_pct"] == pytest.approx(t.data.metrics["hq_pct"], abs=1e-4)
+    no_ray_left()

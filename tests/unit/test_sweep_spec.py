@@ -77,3 +77,12 @@ def test_cli_exit_2_one_line_before_any_trial(sweep_file, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and "sweep.yaml" in lines[0], r.stderr
         assert not out.exists() and "ray" not in r.stdout.lower()
+
+
+def test_cli_refuses_several_workers_under_the_single_strategy(sweep_file, tmp_path):
+    out = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "launch.cli", "sweep", "configs/toy-ring.yaml", str(sweep_file(GOOD)),
+                        "workers=2", f"train.out_dir={out}"], capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "strategy.kind is single" in lines[0], r.stderr
+    assert not out.exists()
