@@ -89,9 +89,8 @@ def joined_config(cfg: RunConfig, group: Group, environ=os.environ) -> RunConfig
     if cfg.workers not in (1, group.world_size):
         raise ConfigError(f"{source}: the config asks for workers={cfg.workers}; under {group.by} the "
                           f"number of processes it started decides (drop workers / --workers)")
-    overrides = [f"workers={group.world_size}"]
-    if group.world_size > 1 and cfg.strategy.kind == "single":
-        overrides.append("strategy.kind=ddp")  # a DeepSpeed plugin's strategy, below, comes later and wins
+    # a DeepSpeed plugin's strategy, below, comes later and wins
+    overrides = [f"workers={group.world_size}", f"strategy.kind={cfg.strategy.for_group(group.world_size)}"]
     if group.accelerate:
         overrides += _accelerate_settings(cfg, environ, source)
     return with_overrides(cfg, overrides, source)

@@ -105,16 +105,6 @@ def absolute(cfg: RunConfig, resume: str | None) -> tuple[RunConfig, str | None]
     return cfg, (resume if resume == "latest" else fix(resume))
 
 
-def refuse_single_strategy(cfg: RunConfig) -> None:
-    """Several workers under `single` would each train the whole run on its own, into one run
-    dir: a config error (exit 2) before any work."""
-    from pipeline.config import ConfigError
-
-    if cfg.workers > 1 and cfg.strategy.kind == "single":
-        raise ConfigError(f"workers is {cfg.workers} but strategy.kind is single, which trains each worker alone; "
-                          f"set strategy.kind ddp or deepspeed (--strategy)")
-
-
 def refuse_local_paths_on_a_cluster(cfg: RunConfig) -> None:
     """A config error (exit 2), found once the cluster's size is known, before any work."""
     import ray
@@ -194,8 +184,8 @@ def run_ray(cfg: RunConfig, resume: str | None = None, address: str | None = Non
     from pipeline.strategy import COLLECTIVE_TIMEOUT_S
     from pipeline.worker import run_dir_for
 
-    refuse_single_strategy(cfg)
     cfg, resume = absolute(cfg, resume)
+    cfg.strategy.kind = cfg.strategy.for_group(cfg.workers)
     if not cfg.is_toy:  # before Ray starts: a plan these shards cannot feed fails fast
         from pipeline.shards.manifest import load_manifest
         from pipeline.shards.plan import plan_shards

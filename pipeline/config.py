@@ -200,6 +200,11 @@ class StrategyConfig(Section):
     kind: Literal["single", "ddp", "deepspeed"] = "single"
     zero_stage: int = Field(0, ge=0, le=3)
 
+    def for_group(self, world_size: int) -> str:
+        """The kind a group of `world_size` processes runs: `single` is one process, so several
+        run `ddp` (each alone would train the whole run, into one run dir)."""
+        return "ddp" if world_size > 1 and self.kind == "single" else self.kind
+
 
 class RetrainConfig(Section):
     """`gantry retrain`: warm-start a challenger from the registry's champion, keep the better."""

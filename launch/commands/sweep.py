@@ -26,7 +26,6 @@ def run(args) -> int:
     import time
 
     from launch.console import Console
-    from launch.ray_train import refuse_single_strategy
     from launch.sweeps.driver import run_sweep, sweep_dir
     from launch.sweeps.spec import load_sweep
     from pipeline import storage
@@ -34,7 +33,6 @@ def run(args) -> int:
     from pipeline.console import PREFIX, duration
 
     cfg = load_config(args.config, args.overrides)
-    refuse_single_strategy(cfg)
     spec, base = load_sweep(args.sweep, cfg)
     root = sweep_dir(cfg, spec)
     storage.ensure_dir(root)

@@ -230,10 +230,10 @@ budget: {kimg: 96, report_kimg: 32, concurrent: 1, cpus_per_trial: 2}
 
 @pytest.mark.slow
 def test_a_trial_on_two_workers_restarts_from_its_checkpoint_when_one_is_killed(tmp_path):
-    """A trial of a two-worker DDP config trains on two Ray Train workers; SIGKILL one after the
-    first report and the trial restarts from that checkpoint and ends where a straight
-    two-worker run of the same settings ends."""
-    proc = subprocess.Popen(sweep_cmd(tmp_path, PAIR, "workers=2", "strategy.kind=ddp"), cwd=REPO, stdout=subprocess.PIPE,
+    """A trial of a two-worker config trains on two Ray Train workers, under DDP (`single` is one
+    process); SIGKILL one after the first report and the trial restarts from that checkpoint and
+    ends where a straight two-worker run of the same settings ends."""
+    proc = subprocess.Popen(sweep_cmd(tmp_path, PAIR, "workers=2"), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         tune_dir = tmp_path / "runs" / "pair" / "ray" / "pair"
@@ -258,10 +258,10 @@ def test_a_trial_on_two_workers_restarts_from_its_checkpoint_when_one_is_killed(
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp = client.get_experiment_by_name("gantry").experiment_id
     (t,) = client.search_runs([exp], "tags.mlflow.parentRunId != ''")
-    assert t.data.tags["workers"] == "2" and t.data.metrics["kimg"] == 96
+    assert t.data.tags["workers"] == "2" and t.data.tags["strategy"] == "ddp" and t.data.metrics["kimg"] == 96
     straight = tmp_path / "straight"
     r = subprocess.run([sys.executable, "-m", "launch.cli", "train", "configs/toy-ring.yaml", "--launcher", "ray",
-                        "--workers", "2", "--strategy", "ddp", f"train.out_dir={straight}", "train.kimg=96", "train.eval_kimg=32",
+                        "--workers", "2", f"train.out_dir={straight}", "train.kimg=96", "train.eval_kimg=32",
                         "train.checkpoint_kimg=32", "g_optim.lr=0.001", "tracking.enabled=false"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, StrategyConfig, load_config
 
 
 @pytest.fixture
@@ -76,3 +76,8 @@ def test_cli_exit_2_one_line_nothing_written(cfg_file, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.batch" in lines[0] and str(p) in lines[0]
     assert not out.exists()
+
+
+def test_several_processes_under_single_run_ddp():
+    assert [StrategyConfig(kind=k).for_group(n) for k, n in
+            (("single", 1), ("single", 2), ("ddp", 1), ("deepspeed", 4))] == ["single", "ddp", "ddp", "deepspeed"]

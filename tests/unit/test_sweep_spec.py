@@ -79,10 +79,8 @@ def test_cli_exit_2_one_line_before_any_trial(sweep_file, tmp_path):
         assert not out.exists() and "ray" not in r.stdout.lower()
 
 
-def test_cli_refuses_several_workers_under_the_single_strategy(sweep_file, tmp_path):
-    out = tmp_path / "runs"
-    r = subprocess.run([sys.executable, "-m", "launch.cli", "sweep", "configs/toy-ring.yaml", str(sweep_file(GOOD)),
-                        "workers=2", f"train.out_dir={out}"], capture_output=True, text=True, timeout=120)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "strategy.kind is single" in lines[0], r.stderr
-    assert not out.exists()
+@pytest.mark.parametrize("sweep,config", [("configs/sweeps/toy-ring-lr.yaml", "configs/toy-ring.yaml"),
+                                          ("configs/sweeps/mnist-pbt.yaml", "configs/mnist-dcgan.yaml")])
+def test_the_shipped_sweeps_load_against_their_configs(sweep, config):
+    spec, base = load_sweep(sweep, load_config(config))
+    assert base.train.kimg == spec.budget.kimg and base.train.checkpoint_kimg == base.train.eval_kimg <= spec.budget.kimg
