@@ -50,6 +50,24 @@ def by_hand(tmp_path: Path, kimg: float, report: float, **values) -> dict:
     return checkpoint.read_meta(checkpoint.latest_checkpoint(str(out / "toy-ring" / "checkpoints")))["eval"]
 
 
+def kill_one_after_first_reports(cmd: list[str], tune_dir: Path, reports: int, process: str,
+                                 running: int) -> tuple[int, str]:
+    """Run the sweep `cmd`; once `reports` trials have reported their first checkpoint, SIGKILL
+    one of the `running` processes whose command line has `process`: (exit code, output)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(tune_dir.glob("*/checkpoint_000000"))) < reports and time.monotonic() < deadline:
+            time.sleep(0.2)
+        found = matching(in_cmdline(process))
+        assert len(found) == running, f"{running} {process} processes should be running after the first reports"
+        found[0].kill()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        stop_tree(proc)
+    return proc.returncode, out
+
+
 def no_ray_left():
     assert not survivors(in_cmdline("ray::"), within=30)
 
@@ -97,20 +115,9 @@ def test_grid_is_tracked_mapped_and_equals_runs_by_hand(tmp_path):
 def test_a_killed_trial_restarts_from_its_checkpoint_and_ends_as_a_straight_run(tmp_path):
     text = GRID.replace("[0.001, 0.003]}\n  d_optim.lr: {grid: [0.001, 0.003]}", "[0.001, 0.003]}").replace(
         "kimg: 64", "kimg: 160")
-    proc = subprocess.Popen(sweep_cmd(tmp_path, text), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        tune_dir = tmp_path / "runs" / "grid" / "ray" / "grid"
-        deadline = time.monotonic() + 180
-        while len(list(tune_dir.glob("*/checkpoint_000000"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        trials = matching(in_cmdline("ray::ImplicitFunc"))
-        assert len(trials) == 2, "both trials should be running after their first report"
-        trials[0].kill()
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        stop_tree(proc)
-    assert proc.returncode == 0, out[-3000:]
+    code, out = kill_one_after_first_reports(sweep_cmd(tmp_path, text), tmp_path / "runs" / "grid" / "ray" / "grid",
+                                             2, "ray::ImplicitFunc", 2)
+    assert code == 0, out[-3000:]
     (restarted,) = [ln.split()[2] for ln in out.splitlines() if "restarting it from its last checkpoint" in ln]
     (ended,) = [ln for ln in out.splitlines() if ln.startswith("gantry: sweep grid: 2 trials: ")]
     assert "failed" not in ended and "diverged" not in ended, ended
@@ -233,20 +240,9 @@ def test_a_trial_on_two_workers_restarts_from_its_checkpoint_when_one_is_killed(
     """A trial of a two-worker config trains on two Ray Train workers, under DDP (`single` is one
     process); SIGKILL one after the first report and the trial restarts from that checkpoint and
     ends where a straight two-worker run of the same settings ends."""
-    proc = subprocess.Popen(sweep_cmd(tmp_path, PAIR, "workers=2"), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        tune_dir = tmp_path / "runs" / "pair" / "ray" / "pair"
-        deadline = time.monotonic() + 180
-        while not list(tune_dir.glob("*/checkpoint_000000")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        workers = matching(in_cmdline("ray::RayTrainWorker"))
-        assert len(workers) == 2, "the trial should train on two workers"
-        workers[1].kill()
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        stop_tree(proc)
-    assert proc.returncode == 0, out[-3000:]
+    code, out = kill_one_after_first_reports(sweep_cmd(tmp_path, PAIR, "workers=2"),
+                                             tmp_path / "runs" / "pair" / "ray" / "pair", 1, "ray::RayTrainWorker", 2)
+    assert code == 0, out[-3000:]
     assert sum("restarting it from its last checkpoint" in ln for ln in out.splitlines()) == 1, out
     assert all(ln.startswith("gantry: ") for ln in out.splitlines()), out  # the workers' lines went to the log
     (ended,) = [ln for ln in out.splitlines() if ln.startswith("gantry: sweep pair: 1 trials: ")]
