@@ -52,12 +52,15 @@ def by_hand(tmp_path: Path, kimg: float, report: float, **values) -> dict:
 
 def kill_one_after_first_reports(cmd: list[str], tune_dir: Path, reports: int, process: str,
                                  running: int) -> tuple[int, str]:
-    """Run the sweep `cmd`; once `reports` trials have reported their first checkpoint, SIGKILL
-    one of the `running` processes whose command line has `process`: (exit code, output)."""
+    """Run the sweep `cmd`; once `reports` trials have reported their second checkpoint, SIGKILL
+    one of the `running` processes whose command line has `process`: (exit code, output).
+    The second: a trial writes a checkpoint's directory before the driver records it, and a
+    trial killed in between restarts from nothing (seen once in CI); a trial goes on to its
+    second only after handing the first to the driver."""
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
-        while len(list(tune_dir.glob("*/checkpoint_000000"))) < reports and time.monotonic() < deadline:
+        while len(list(tune_dir.glob("*/checkpoint_000001"))) < reports and time.monotonic() < deadline:
             time.sleep(0.2)
         found = matching(in_cmdline(process))
         assert len(found) == running, f"{running} {process} processes should be running after the first reports"
