@@ -50,17 +50,19 @@ def by_hand(tmp_path: Path, kimg: float, report: float, **values) -> dict:
     return checkpoint.read_meta(checkpoint.latest_checkpoint(str(out / "toy-ring" / "checkpoints")))["eval"]
 
 
-def kill_one_after_first_reports(cmd: list[str], tune_dir: Path, reports: int, process: str,
-                                 running: int) -> tuple[int, str]:
-    """Run the sweep `cmd`; once `reports` trials have reported their second checkpoint, SIGKILL
-    one of the `running` processes whose command line has `process`: (exit code, output).
-    The second: a trial writes a checkpoint's directory before the driver records it, and a
-    trial killed in between restarts from nothing (seen once in CI); a trial goes on to its
-    second only after handing the first to the driver."""
+def kill_one_after_first_reports(cmd: list[str], sweep: Path, reports: int, process: str, running: int,
+                                 trials: int) -> str:
+    """Run the sweep `cmd` of `trials` trials (its dir `sweep`); once `reports` of them have
+    reported their second checkpoint, SIGKILL one of the `running` processes whose command line has `process`. The
+    sweep must end well, with one trial restarted and resumed from its checkpoint: its output.
+    The second checkpoint: a trial writes a checkpoint's directory before the driver records it,
+    and a trial killed in between restarts from nothing (seen once in CI); a trial goes on to
+    its second only after handing the first to the driver."""
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
-        while len(list(tune_dir.glob("*/checkpoint_000001"))) < reports and time.monotonic() < deadline:
+        while len(list((sweep / "ray" / sweep.name).glob("*/checkpoint_000001"))) < reports \
+                and time.monotonic() < deadline:
             time.sleep(0.2)
         found = matching(in_cmdline(process))
         assert len(found) == running, f"{running} {process} processes should be running after the first reports"
@@ -68,7 +70,14 @@ def kill_one_after_first_reports(cmd: list[str], tune_dir: Path, reports: int, p
         out, _ = proc.communicate(timeout=600)
     finally:
         stop_tree(proc)
-    return proc.returncode, out
+    assert proc.returncode == 0, out[-3000:]
+    assert sum("restarting it from its last checkpoint" in ln for ln in out.splitlines()) == 1, out
+    (ended,) = [ln for ln in out.splitlines() if ln.startswith(f"gantry: sweep {sweep.name}: {trials} trials: ")]
+    assert "failed" not in ended and "diverged" not in ended, ended
+    log = next((sweep / "logs").glob("sweep-*.log")).read_text()
+    assert log.count("; resumed from ") == 1
+    no_ray_left()
+    return out
 
 
 def no_ray_left():
@@ -118,15 +127,9 @@ def test_grid_is_tracked_mapped_and_equals_runs_by_hand(tmp_path):
 def test_a_killed_trial_restarts_from_its_checkpoint_and_ends_as_a_straight_run(tmp_path):
     text = GRID.replace("[0.001, 0.003]}\n  d_optim.lr: {grid: [0.001, 0.003]}", "[0.001, 0.003]}").replace(
         "kimg: 64", "kimg: 160")
-    code, out = kill_one_after_first_reports(sweep_cmd(tmp_path, text), tmp_path / "runs" / "grid" / "ray" / "grid",
-                                             2, "ray::ImplicitFunc", 2)
-    assert code == 0, out[-3000:]
+    out = kill_one_after_first_reports(sweep_cmd(tmp_path, text), tmp_path / "runs" / "grid", 2,
+                                       "ray::ImplicitFunc", 2, 2)
     (restarted,) = [ln.split()[2] for ln in out.splitlines() if "restarting it from its last checkpoint" in ln]
-    (ended,) = [ln for ln in out.splitlines() if ln.startswith("gantry: sweep grid: 2 trials: ")]
-    assert "failed" not in ended and "diverged" not in ended, ended
-    log = next((tmp_path / "runs" / "grid" / "logs").glob("sweep-*.log")).read_text()
-    assert log.count("; resumed from ") == 1
-    no_ray_left()
 
     # exact resume: the restarted trial ends where a straight run of its settings ends
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
@@ -243,16 +246,9 @@ def test_a_trial_on_two_workers_restarts_from_its_checkpoint_when_one_is_killed(
     """A trial of a two-worker config trains on two Ray Train workers, under DDP (`single` is one
     process); SIGKILL one after the first report and the trial restarts from that checkpoint and
     ends where a straight two-worker run of the same settings ends."""
-    code, out = kill_one_after_first_reports(sweep_cmd(tmp_path, PAIR, "workers=2"),
-                                             tmp_path / "runs" / "pair" / "ray" / "pair", 1, "ray::RayTrainWorker", 2)
-    assert code == 0, out[-3000:]
-    assert sum("restarting it from its last checkpoint" in ln for ln in out.splitlines()) == 1, out
+    out = kill_one_after_first_reports(sweep_cmd(tmp_path, PAIR, "workers=2"), tmp_path / "runs" / "pair", 1,
+                                       "ray::RayTrainWorker", 2, 1)
     assert all(ln.startswith("gantry: ") for ln in out.splitlines()), out  # the workers' lines went to the log
-    (ended,) = [ln for ln in out.splitlines() if ln.startswith("gantry: sweep pair: 1 trials: ")]
-    assert "failed" not in ended and "diverged" not in ended, ended
-    log = next((tmp_path / "runs" / "pair" / "logs").glob("sweep-*.log")).read_text()
-    assert log.count("; resumed from ") == 1
-    no_ray_left()
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp = client.get_experiment_by_name("gantry").experiment_id
