@@ -53,8 +53,9 @@ def by_hand(tmp_path: Path, kimg: float, report: float, **values) -> dict:
 def kill_one_after_first_reports(cmd: list[str], sweep: Path, reports: int, process: str, running: int,
                                  trials: int) -> str:
     """Run the sweep `cmd` of `trials` trials (its dir `sweep`); once `reports` of them have
-    reported their second checkpoint, SIGKILL one of the `running` processes whose command line has `process`. The
-    sweep must end well, with one trial restarted and resumed from its checkpoint: its output.
+    reported their second checkpoint, SIGKILL one of the `running` processes whose command line
+    has `process`. The sweep must end well, with one trial restarted and resumed from its
+    checkpoint: its output.
     The second checkpoint: a trial writes a checkpoint's directory before the driver records it,
     and a trial killed in between restarts from nothing (seen once in CI); a trial goes on to
     its second only after handing the first to the driver."""
