@@ -72,7 +72,8 @@ class Trainer:
         if what == "same":
             return last
         if what == "latents":
-            z, c_z = self._latents(self.local_batch)
+            # as many as the reals D just saw: rpgan pairs them, and an epoch's last batch is short
+            z, c_z = self._latents(len(last.real) if last and last.real is not None else self.local_batch)
             return Batch(last.real if last else None, z, c=last.c if last else None, c_z=c_z, kimg=self.kimg)
         x, cond = next(self.stream)  # cond: the labels, or pix2pix's inputs A
         z, c_z = self._latents(len(x))  # an epoch's last batch may be short
