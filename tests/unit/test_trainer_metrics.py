@@ -4,16 +4,10 @@ import time
 
 import torch
 
-from models.augment import Augment
 from pipeline.config import from_dict
-from pipeline.evaluation import no_evaluation
-from pipeline.health import Probe
-from pipeline.phases import build_phases
-from pipeline.precision import choose_precision
 from pipeline.strategy.single import SingleStrategy
 from pipeline.tracking import Tracker
-from pipeline.trainer import Trainer
-from pipeline.worker import make_networks
+from tests.unit.trainer_helpers import toy_trainer
 
 
 class _AgreeingRanks(SingleStrategy):
@@ -33,12 +27,7 @@ def test_skipped_steps_are_counted_once_whatever_the_world_size(tmp_path):
     cfg = from_dict({"model": {"arch": "mlp", "z_dim": 4, "g_width": 8, "d_width": 8, "depth": 1},
                      "train": {"batch": 16, "precision": "fp32"}, "tracking": {"enabled": False}})
     strategy = _AgreeingRanks(torch.device("cpu"))
-    precision = choose_precision(cfg.train, strategy.device, image_model=False)
-    G_ema = make_networks(cfg, strategy, precision, channels=2)
-    augment = Augment()
-    phases = build_phases(cfg, augment, precision, reduce=strategy.all_reduce_mean)
-    trainer = Trainer(cfg, strategy, G_ema, phases, _NaNPoints(), precision, augment, Tracker(), no_evaluation,
-                      None, Probe(()), tmp_path, channels=2)
+    trainer = toy_trainer(cfg, _NaNPoints(), tmp_path, strategy)
     for _ in range(3):
         trainer.train_step()
     metrics = trainer.stats.read(strategy.all_reduce_mean)
@@ -72,11 +61,6 @@ def test_img_per_s_after_an_eval_is_the_training_rate(tmp_path):
                      "train": {"batch": 16, "precision": "fp32", "kimg": 0.16, "log_every": 1,
                                "eval_kimg": 0.064, "checkpoint_kimg": 1},
                      "tracking": {"enabled": False}})
-    strategy = SingleStrategy(torch.device("cpu"))
-    precision = choose_precision(cfg.train, strategy.device, image_model=False)
-    G_ema = make_networks(cfg, strategy, precision, channels=2)
-    augment = Augment()
-    phases = build_phases(cfg, augment, precision, reduce=strategy.all_reduce_mean)
     evals = []
 
     def slow_evaluation(G, step, tracker):
@@ -85,8 +69,7 @@ def test_img_per_s_after_an_eval_is_the_training_rate(tmp_path):
         return {}
 
     tracker = _Rates()
-    trainer = Trainer(cfg, strategy, G_ema, phases, _Points(), precision, augment, tracker, slow_evaluation,
-                      None, Probe(()), tmp_path, channels=2)
+    trainer = toy_trainer(cfg, _Points(), tmp_path, evaluation=slow_evaluation, tracker=tracker)
     trainer.train()
     assert len(evals) == 3 and len(tracker.rates) == 10  # evals at steps 4, 8 and the last, 10
     assert min(tracker.rates) > 16 / 0.5, tracker.rates
