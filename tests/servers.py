@@ -13,10 +13,21 @@ import urllib.request
 from pathlib import Path
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` different free ports: each socket stays bound until all are chosen, since the kernel
+    may hand a just-released port out again (a Ray head once got one port for two components)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class Server:

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from servers import free_port
+from servers import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 32  # global: 16 per worker, so each rank's 512 samples are 32 full batches an epoch
@@ -161,26 +161,29 @@ def survivors(pred, within: float) -> list[str]:
 class RayNode:
     """`ray start --block`, a head or a node joining `join` (the head's GCS address), in its own
     process group so that it is stopped by PID, never by `ray stop` (which would end every Ray
-    on the machine). Every port with a fixed default gets a free one: other Ray clusters share
-    this machine. `temp` is Ray's temp dir for this node (its socket paths must stay under 108
+    on the machine). Every port with a fixed default gets a free one, all different: other Ray
+    clusters share this machine. `dashboard`: a head serving its dashboard (and the Jobs API) on
+    127.0.0.1:`dashboard_port`. `temp` is Ray's temp dir for this node (its socket paths must stay under 108
     bytes: keep it short); `cwd` and `env` are the node's, and so its workers'. `ip`: a loopback
     address; nodes of one cluster take different ones (127.0.0.2, 127.0.0.3), since Ray
     rewrites 127.0.0.1 in an address to the host's outward IP, where nothing listens."""
 
     def __init__(self, temp: Path, env: dict, cwd: Path | None = None, join: str | None = None,
-                 num_cpus: int = 1, dashboard_port: int | None = None, ip: str = "127.0.0.1"):
+                 num_cpus: int = 1, dashboard: bool = False, ip: str = "127.0.0.1"):
         temp.mkdir(parents=True, exist_ok=True)
+        ports = iter(free_ports(7))
         cmd = [str(Path(sys.executable).with_name("ray")), "start", "--block", f"--num-cpus={num_cpus}",
                "--object-store-memory=300000000", f"--node-ip-address={ip}", f"--temp-dir={temp}",
                "--disable-usage-stats",
-               *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+               *(f"--{flag}={next(ports)}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                          "runtime-env-agent-port", "metrics-export-port"))]
         if join is None:
-            port = free_port()
+            port = next(ports)
             self.address = f"{ip}:{port}"
-            cmd += ["--head", f"--port={port}", f"--ray-client-server-port={free_port()}"]
-            cmd += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
-                    if dashboard_port else ["--include-dashboard=false"])
+            cmd += ["--head", f"--port={port}", f"--ray-client-server-port={next(ports)}"]
+            self.dashboard_port = next(ports)
+            cmd += ([f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+                    if dashboard else ["--include-dashboard=false"])
         else:
             self.address = join
             cmd += [f"--address={join}"]
@@ -189,6 +192,9 @@ class RayNode:
             self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
 
+    def _exited(self) -> str:
+        return f"ray start exited {self.proc.returncode}; the end of {self.log}:\n" + self.log.read_text(errors="replace")[-2000:]
+
     def wait_listening(self, timeout: float = 120) -> None:
         """Until the head's GCS takes connections."""
         import socket
@@ -196,7 +202,7 @@ class RayNode:
         host, port = self.address.split(":")
         deadline = time.monotonic() + timeout
         while True:
-            assert self.proc.poll() is None, f"ray start exited {self.proc.returncode}; see {self.log}"
+            assert self.proc.poll() is None, self._exited()
             try:
                 socket.create_connection((host, int(port)), timeout=1).close()
                 return
@@ -208,7 +214,7 @@ class RayNode:
         """Until `ray start` has started the node and registered it (then it only blocks)."""
         deadline = time.monotonic() + timeout
         while "block forever" not in self.log.read_text(errors="replace"):
-            assert self.proc.poll() is None, f"ray start exited {self.proc.returncode}; see {self.log}"
+            assert self.proc.poll() is None, self._exited()
             assert time.monotonic() < deadline, f"Ray node not up after {timeout} s; see {self.log}"
             time.sleep(0.3)
 
@@ -227,9 +233,11 @@ class RayNode:
             tree = set(psutil.Process(self.proc.pid).children(recursive=True))
         except psutil.NoSuchProcess:
             tree = set()
-        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(5)
+        except ProcessLookupError:  # `ray start` failed and its group is gone; its children are in `tree`
+            self.proc.wait()
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()

@@ -12,7 +12,6 @@ Then a NaN loss must be reported as a non-finite norm and skipped on both ranks.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -27,16 +26,11 @@ from pipeline.precision import choose_precision
 from pipeline.tracking import Tracker
 from pipeline.trainer import Trainer
 from pipeline.worker import make_networks
+from servers import free_port
 
 B = 8  # per-worker batch
 Z_DIM = 8
 CLASSES = 4  # of the conditional runs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cfg(workers: int, kind: str, stage: int = 0, conditional: bool = False):
@@ -143,7 +137,7 @@ def test_two_workers_equal_one_worker_with_twice_the_batch(tmp_path, kind, stage
         assert {"G.embed.table.weight", "D.project.table.weight"} <= reference.keys()
 
     out = str(tmp_path / "two.pt")
-    mp.spawn(_worker, args=(2, _free_port(), kind, stage, conditional, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), kind, stage, conditional, out), nprocs=2, join=True)
     two = torch.load(out, weights_only=True)
     assert two.pop("nan_step_skipped")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -15,15 +14,10 @@ from pipeline.evaluation import ImageEvaluator
 from pipeline.metrics.image_eval import ImageMetrics
 from pipeline.tracking import Tracker
 from ray_helpers import build_mnist
+from servers import free_port
 
 N_FAKE = 301  # odd: the two shares differ in size
 Z_DIM = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Counting(ImageMetrics):
@@ -65,7 +59,7 @@ def _worker(rank: int, port: int, shards: str, cache: str, tmp: str) -> None:
 def test_two_ranks_score_like_one(tmp_path):
     shards = str(build_mnist(tmp_path / "shards"))
     cache = str(tmp_path / "cache")  # empty: rank 0 trains the classifier, rank 1 waits and reads it
-    mp.spawn(_worker, args=(_free_port(), shards, cache, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), shards, cache, str(tmp_path)), nprocs=2, join=True)
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0["seen"] == N_FAKE  # each share once, not all images on every rank

@@ -53,12 +53,11 @@ def ray_head():
     marker = secrets.token_hex(8)
     saved = {k: os.environ.get(k) for k in auth}
     os.environ.update(auth)
-    dashboard = free_port()
     # The job's `gantry` entrypoint is found on the PATH the head was started with.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", GANTRY_TEST_HEAD=marker)
     temp = Path(tempfile.mkdtemp(prefix="gray", dir="/tmp"))
-    head = RayNode(temp, env, num_cpus=2, dashboard_port=dashboard)
-    address = f"http://127.0.0.1:{dashboard}"
+    head = RayNode(temp, env, num_cpus=2, dashboard=True)
+    address = f"http://127.0.0.1:{head.dashboard_port}"
     try:
         deadline = time.monotonic() + 120
         while True:
