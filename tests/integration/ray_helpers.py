@@ -163,10 +163,10 @@ class RayNode:
     process group so that it is stopped by PID, never by `ray stop` (which would end every Ray
     on the machine). Every port with a fixed default gets a free one, all different: other Ray
     clusters share this machine. `dashboard`: a head serving its dashboard (and the Jobs API) on
-    127.0.0.1:`dashboard_port`. `temp` is Ray's temp dir for this node (its socket paths must stay under 108
-    bytes: keep it short); `cwd` and `env` are the node's, and so its workers'. `ip`: a loopback
-    address; nodes of one cluster take different ones (127.0.0.2, 127.0.0.3), since Ray
-    rewrites 127.0.0.1 in an address to the host's outward IP, where nothing listens."""
+    127.0.0.1:`dashboard_port`. `temp` is Ray's temp dir for this node (its socket paths must
+    stay under 108 bytes: keep it short); `cwd` and `env` are the node's, and so its workers'.
+    `ip`: a loopback address; nodes of one cluster take different ones (127.0.0.2, 127.0.0.3),
+    since Ray rewrites 127.0.0.1 in an address to the host's outward IP, where nothing listens."""
 
     def __init__(self, temp: Path, env: dict, cwd: Path | None = None, join: str | None = None,
                  num_cpus: int = 1, dashboard: bool = False, ip: str = "127.0.0.1"):
@@ -182,8 +182,8 @@ class RayNode:
             self.address = f"{ip}:{port}"
             cmd += ["--head", f"--port={port}", f"--ray-client-server-port={next(ports)}"]
             self.dashboard_port = next(ports)
-            cmd += ([f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
-                    if dashboard else ["--include-dashboard=false"])
+            cmd += ([f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
+                     "--include-dashboard=true"] if dashboard else ["--include-dashboard=false"])
         else:
             self.address = join
             cmd += [f"--address={join}"]
@@ -193,7 +193,8 @@ class RayNode:
                                          start_new_session=True)
 
     def _exited(self) -> str:
-        return f"ray start exited {self.proc.returncode}; the end of {self.log}:\n" + self.log.read_text(errors="replace")[-2000:]
+        tail = self.log.read_text(errors="replace")[-2000:]
+        return f"ray start exited {self.proc.returncode}; the end of {self.log}:\n{tail}"
 
     def wait_listening(self, timeout: float = 120) -> None:
         """Until the head's GCS takes connections."""
