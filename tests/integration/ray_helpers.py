@@ -181,7 +181,7 @@ class RayNode:
             port = next(ports)
             self.address = f"{ip}:{port}"
             cmd += ["--head", f"--port={port}", f"--ray-client-server-port={next(ports)}"]
-            self.dashboard_port = next(ports)
+            self.dashboard_port = next(ports) if dashboard else None
             cmd += ([f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
                      "--include-dashboard=true"] if dashboard else ["--include-dashboard=false"])
         else:
