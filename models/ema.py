@@ -1,6 +1,8 @@
 """Exponential moving average of G's weights, parameterised by a half-life in images."""
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 from torch import nn
 
@@ -25,3 +27,26 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - beta)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         b_ema.copy_(b)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(G: nn.Module, inputs: Iterable[tuple[torch.Tensor, ...]]) -> None:
+    """Replace the running statistics of G's batch norms by their plain average over G's
+    forward passes on `inputs` (argument tuples) in train mode; G's mode and momenta are kept.
+
+    G_ema's weights average many steps while the statistics `update_ema` copies follow the live
+    weights, so G_ema normalises with statistics of another network; re-estimating them on
+    G_ema's own activations removes that mismatch."""
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta, was_training = [m.momentum for m in norms], G.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    G.train()
+    for args in inputs:
+        G(*args)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    G.train(was_training)

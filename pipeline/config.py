@@ -86,6 +86,8 @@ class TrainConfig(Section):
     channels_last: Literal["auto", "on", "off"] = "auto"
     ema_kimg: float = Field(10.0, ge=0, description="EMA half-life of G_ema in kimg; 0 copies G")
     ema_rampup: Optional[float] = Field(0.05, ge=0, description="half-life <= kimg * rampup")
+    ema_bn_latents: int = Field(0, ge=0, description="G_ema's batch-norm statistics re-estimated from this many "
+                                                     "latents before each evaluation and checkpoint; 0: G's, copied")
     log_every: int = Field(50, gt=0, description="steps between metric logs")
     ramp_kimg: float = Field(0.0, ge=0, description="length of the cosine ramps (loss.gamma_end, *_optim.lr_end "
                                                     "and beta2_end); 0: the whole run")
@@ -248,6 +250,9 @@ class RunConfig(Section):
         if self.model.arch != "mlp" and self.data.source != "shards":
             raise ValueError(f"model.arch '{self.model.arch}' needs image data (data.source: shards)")
         if self.model.arch == "pix2pix":
+            if self.train.ema_bn_latents:
+                raise ValueError("train.ema_bn_latents re-estimates statistics from latents; model.arch 'pix2pix' "
+                                 "draws from input images, so set it to 0")
             if self.model.conditional:
                 raise ValueError("model.arch 'pix2pix' is conditioned on its input image; model.conditional "
                                  "(class labels) does not apply")

@@ -18,7 +18,7 @@ import time
 from typing import Callable
 
 import torch
-from models.ema import ema_beta, update_ema
+from models.ema import ema_beta, recalibrate_batchnorm, update_ema
 from pipeline import checkpoint, console, storage
 from pipeline.config import RunConfig
 from pipeline.errors import HealthStopped
@@ -58,6 +58,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.best_score: float | None = None
         self.flagged: set[str] = set()  # the health problems seen, for launchers' reports
+        self.calibrated_step = -1  # the step G_ema's batch-norm statistics were last re-estimated at
         self.stats = StepStats()
 
     # ---- one step -----------------------------------------------------------------------
@@ -167,7 +168,27 @@ class Trainer:
             line += ", {} {:.4g}".format(*headline(self.last_eval))
         console.progress(line)
 
+    def calibrate_ema(self, batch: int = 256) -> None:
+        """G_ema's batch-norm statistics from `train.ema_bn_latents` latents of a fixed seed
+        (models/ema.recalibrate_batchnorm); the next step's EMA update copies G's back, so this
+        runs before each evaluation and save. The latents come from their own generator: the
+        training RNG stream, and so an exact resume, stays untouched."""
+        n, m = self.cfg.train.ema_bn_latents, self.cfg.model
+        if not n or self.calibrated_step == self.step:
+            return
+        gen = torch.Generator().manual_seed(self.cfg.seed + 4242)
+
+        def inputs():
+            for size in [batch] * (n // batch) + ([n % batch] if n % batch > 1 else []):
+                z = torch.randn(size, m.z_dim, generator=gen).to(self.device)
+                c = torch.randint(m.classes, (size,), generator=gen).to(self.device) if m.conditional else None
+                yield (z, c) if m.conditional else (z,)
+
+        recalibrate_batchnorm(self.G_ema, inputs())
+        self.calibrated_step = self.step
+
     def evaluate(self) -> dict[str, float]:
+        self.calibrate_ema()
         decision = OK
         if self.health:
             with torch.no_grad():
@@ -242,6 +263,7 @@ class Trainer:
     # ---- checkpoints --------------------------------------------------------------------
 
     def save(self) -> str | None:
+        self.calibrate_ema()
         self.strategy.barrier()
         state = {  # collective: every rank's data position and RNG
             "step": self.step, "nimg": self.nimg, "lr_scale": self.lr_scale,

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from models.ema import ema_beta, update_ema
+from models.ema import ema_beta, recalibrate_batchnorm, update_ema
 
 
 def test_half_life():
@@ -33,3 +33,24 @@ def test_update_math_and_buffers():
     for b, p_ema, p in zip(before, ema.parameters(), net.parameters()):
         torch.testing.assert_close(p_ema, 0.9 * b + 0.1 * p)
     assert torch.equal(ema[1].running_mean, torch.full((3,), 7.0))
+
+
+def test_recalibrate_batchnorm_averages_over_the_inputs_and_keeps_mode_and_momentum():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, momentum=0.3)).eval()
+    net[1].running_mean.fill_(5.0)  # stale statistics, as G's copied into G_ema
+    batches = [torch.randn(32, 3) * (i + 1) + i for i in range(4)]  # batches with different statistics
+    recalibrate_batchnorm(net, ((x,) for x in batches))
+    with torch.no_grad():
+        h = [net[0](x) for x in batches]
+    # momentum None: the plain average of the per-batch mean and (unbiased) variance
+    torch.testing.assert_close(net[1].running_mean, torch.stack([x.mean(0) for x in h]).mean(0))
+    torch.testing.assert_close(net[1].running_var, torch.stack([x.var(0) for x in h]).mean(0))
+    assert not net.training and net[1].momentum == 0.3
+
+
+def test_recalibrate_batchnorm_without_batch_norm_leaves_the_net_alone():
+    net = torch.nn.Linear(3, 3)
+    before = copy.deepcopy(net.state_dict())
+    recalibrate_batchnorm(net, [(torch.randn(4, 3),)])
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
