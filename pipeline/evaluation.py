@@ -74,6 +74,15 @@ def generate(G, n: int, z_dim: int, seed: int, batch: int = 1000, part: tuple[in
                       for i in range(0, len(z), batch)])
 
 
+def labels_in_shares(n: int, shares: torch.Tensor) -> torch.Tensor:
+    """n labels, class by class, whose counts are `shares` (summing to 1) times n rounded by
+    largest remainder, so they sum to n."""
+    exact = shares.double() * n
+    counts = exact.floor().long()
+    counts[torch.argsort(exact - counts, descending=True)[:n - int(counts.sum())]] += 1
+    return torch.arange(len(shares)).repeat_interleave(counts)
+
+
 def class_rows(classes: int, per_class: int) -> torch.Tensor:
     """Labels for a grid with one row per class: per_class of class 0, then of class 1, ..."""
     return torch.arange(classes).repeat_interleave(per_class)
@@ -118,8 +127,9 @@ class ImageEvaluator:
                 self.metrics.prepare()  # fills the cache the other ranks then read
             self.comm.barrier()
             self._prepared = True
-        # a conditional G's classes in turn, each rank its share with its labels
-        labels = torch.arange(self.n_fake) % self.classes if self.classes else None
+        # a conditional G draws the real set's class mix, so that FID and class_tv compare like
+        # with like (the classes in turn put MNIST's class_tv floor at 0.019); each rank its share
+        labels = labels_in_shares(self.n_fake, self.metrics.class_shares()) if self.classes else None
         part = (self.rank, self.world_size)
         fake = generate(G, self.n_fake, self.z_dim, self.seed + 1, batch=250, part=part, labels=labels)
         parts = self.metrics.extract(fake, None if labels is None else torch.tensor_split(labels, part[1])[part[0]])

@@ -43,21 +43,26 @@ def run(args) -> int:
         scores = TranslationEvaluator.from_config(cfg, load_manifest(cfg.data.path), "", "cpu").score(G)
         print(json.dumps(scores) if args.json else ", ".join(f"{k} {v:.4g}" for k, v in scores.items()) + f" (n={n})")
         return 0
-    # a conditional model's classes in turn (a registered one takes its labels explicitly)
-    labels = torch.arange(n) % cfg.model.classes if cfg.model.conditional else None
-    samples = generate(G, n, cfg.model.z_dim, args.seed, batch=250, labels=labels)
     if cfg.is_toy:
         from pipeline.metrics.mixture import mixture_scores
         from pipeline.mixtures import mixture_centers
         d = cfg.data
+        # a conditional toy's modes in turn (a registered model takes its labels explicitly)
+        labels = torch.arange(n) % cfg.model.classes if cfg.model.conditional else None
+        samples = generate(G, n, cfg.model.z_dim, args.seed, batch=250, labels=labels)
         scores = mixture_scores(samples, mixture_centers(d.source, d.modes, d.radius), d.std)
         text = f"modes covered {scores['modes_covered']:.0f}/{scores['modes_total']:.0f}, " \
                f"high-quality samples {scores['hq_pct']:.1f}%"
     else:
+        from pipeline.evaluation import labels_in_shares
         from pipeline.metrics.image_eval import ImageMetrics
         if not cfg.eval.metrics:
             raise GantryError("eval.metrics is empty: name some of fid, kid, pr, coverage")
-        scores = ImageMetrics.from_config(cfg).score(samples, labels)
+        metrics = ImageMetrics.from_config(cfg)
+        # a conditional model draws the real set's class mix, as in training's evaluations
+        labels = labels_in_shares(n, metrics.class_shares()) if cfg.model.conditional else None
+        samples = generate(G, n, cfg.model.z_dim, args.seed, batch=250, labels=labels)
+        scores = metrics.score(samples, labels)
         text = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
     print(json.dumps(scores) if args.json else f"{text} (n={n})")
     return 0

@@ -119,7 +119,7 @@ class ImageMetrics:
         self._extractor = None
         self._classifier = None
         self._real: tuple[np.ndarray, GaussianStats] | None = None
-        self._share: torch.Tensor | None = None  # real class frequencies, for coverage
+        self._share: torch.Tensor | None = None  # real class frequencies (class_shares)
 
     @classmethod
     def from_config(cls, cfg, device="cpu") -> "ImageMetrics":
@@ -170,14 +170,19 @@ class ImageMetrics:
         """Build (or load from the cache) everything scoring needs: the classifier, the feature
         extractor, the real statistics and class shares. One rank calls it first, so the others
         find the cache filled instead of training the same classifier at the same time."""
-        m = self.manifest
         if set(self.metrics) & {"fid", "kid", "pr"} and self._real is None:
             real = self.real_features()
             self._real = real, GaussianStats.of(real)
         if "coverage" in self.metrics and self._share is None:
             self.classifier  # noqa: B018 -- trains or loads it
-            _, labels = read_real(m, self.n_real, self.seed)
-            self._share = torch.bincount(labels, minlength=max(m.classes) + 1).double() / len(labels)
+            self.class_shares()
+
+    def class_shares(self) -> torch.Tensor:
+        """(classes,) float64: each class's share of the real set the metrics compare with."""
+        if self._share is None:
+            _, labels = read_real(self.manifest, self.n_real, self.seed)
+            self._share = torch.bincount(labels, minlength=max(self.manifest.classes) + 1).double() / len(labels)
+        return self._share
 
     def extract(self, fake: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         """Generated images (N, C, R, R) in [-1, 1] (and the classes a conditional G drew them

@@ -142,3 +142,44 @@ def test_spread_is_the_rms_distance_between_two_samples():
     pairs = torch.pdist(torch.from_numpy(feats)).square().mean().sqrt().item()
     assert GaussianStats.of(feats).spread == pytest.approx(pairs, rel=1e-9)
     assert GaussianStats.of(feats * 0.1).spread == pytest.approx(0.1 * pairs, rel=1e-9)
+
+
+def test_labels_in_shares_round_by_largest_remainder():
+    from pipeline.evaluation import labels_in_shares
+    assert labels_in_shares(7, torch.tensor([0.5, 0.3, 0.2])).tolist() == [0, 0, 0, 0, 1, 1, 2]  # 3.5 2.1 1.4
+    assert torch.bincount(labels_in_shares(1000, torch.tensor([0.25] * 4))).tolist() == [250] * 4
+
+
+def test_conditional_generator_is_asked_for_the_real_class_mix(mnist_features, tmp_path):
+    """A conditional G that draws real digits of the class it is asked for is judged by its
+    class mix: with the real set's mix class_tv is the classifier's error alone; the classes in
+    turn would add MNIST's own imbalance."""
+    import shutil
+    from pipeline.evaluation import ImageEvaluator
+    from pipeline.tracking import Tracker
+    _, images, labels = mnist_features
+    pool = {c: images[labels == c] for c in range(10)}
+    asked = []
+
+    class Faithful(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))  # generate() reads the device from it
+            self.drawn = dict.fromkeys(pool, 0)
+
+        def forward(self, z, c):
+            asked.append(c)
+            out = []
+            for k in c.tolist():
+                out.append(pool[k][self.drawn[k] % len(pool[k])])
+                self.drawn[k] += 1
+            return torch.stack(out)
+
+    shutil.copytree(mnist_metrics_cache(), tmp_path / "cache")
+    metrics = ImageMetrics(mnist_shards(), tmp_path / "cache", metrics=("coverage",), n_real=3000,
+                           classifier_steps=CLASSIFIER_STEPS)
+    scores = ImageEvaluator(8, str(tmp_path / "run"), metrics, n_fake=2000, classes=10)(Faithful(), 0, Tracker())
+    counts = torch.bincount(torch.cat(asked[1:]), minlength=10).double()  # asked[0]: the sample grid
+    assert (counts - 2000 * metrics.class_shares()).abs().max() < 1  # largest remainder: off by under one
+    in_turn = 0.5 * (metrics.class_shares() - 0.1).abs().sum().item()
+    assert scores["class_tv"] < 0.01 < in_turn
