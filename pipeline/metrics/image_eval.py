@@ -173,7 +173,7 @@ class ImageMetrics:
         if set(self.metrics) & {"fid", "kid", "pr"} and self._real is None:
             real = self.real_features()
             self._real = real, GaussianStats.of(real)
-        if "coverage" in self.metrics and self._share is None:
+        if "coverage" in self.metrics:
             self.classifier  # noqa: B018 -- trains or loads it
             self.class_shares()
 
