@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     # Without this a SIGTERM killed `gantry train` mid-step: no tracking close, no cleanup.
     # Restored on return, so calling main() inside another program leaves its handler alone.
     previous = _handle_sigterm()
+    # MLflow draws a progress bar per artifact download (register, retrain, sample): chatter.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)

@@ -33,12 +33,8 @@ def register_run(uri: str, run_id: str, name: str, alias: str | None = None, che
         client.get_run(run_id)
     except MlflowException as e:
         raise GantryError(f"no MLflow run {run_id!r} at {uri} ({e.message.splitlines()[0]})") from None
-    artifact = f"checkpoints/{checkpoint}"
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, artifact, tmp)
-        except (MlflowException, OSError):
-            raise GantryError(f"run {run_id} has no checkpoint artifact {artifact!r}") from None
+        local = download_checkpoint(client, run_id, f"checkpoints/{checkpoint}", tmp)
         G, cfg = load_generator(local)
         names = read_meta(local).get("class_names") if cfg.model.conditional else None
     # log_model checks the example by running it; a batch of one breaks BatchNorm-style layers.
@@ -80,6 +76,25 @@ def register_run(uri: str, run_id: str, name: str, alias: str | None = None, che
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return version
+
+
+def download_checkpoint(client, run_id: str, artifact: str, dest: str) -> str:
+    """Run `run_id`'s logged checkpoint folder `artifact`, downloaded under `dest`; returns its
+    local path. A checkpoint the run never logged and a download that failed say which."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.download_artifacts(run_id, artifact, dest)
+    except (MlflowException, OSError) as e:
+        failure = e
+    try:
+        logged = bool(client.list_artifacts(run_id, artifact))
+    except (MlflowException, OSError):
+        logged = True  # cannot tell: report the download's own failure
+    if not logged:
+        raise GantryError(f"run {run_id} has no checkpoint artifact {artifact!r}")
+    cause = str(failure).strip().splitlines()[-1][:300]
+    raise GantryError(f"downloading checkpoint artifact {artifact!r} of run {run_id} failed: {cause}")
 
 
 def load_generator_from(source: str, uri: str | None = None):

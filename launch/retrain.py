@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.launcher import launch
-from launch.registry import CHAMPION, register_run
+from launch.registry import CHAMPION, download_checkpoint, register_run
 from pipeline import storage
 from pipeline.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from pipeline.config import RunConfig
@@ -221,14 +221,11 @@ def _challenger_run(client, uri: str, cfg: RunConfig, champion: Champion) -> str
 def _warm_start(client, champion: Champion, dest: str) -> str:
     """The champion's logged checkpoint, copied from MLflow to `dest` (in the run dir, so
     every worker of a cluster can read it); returns its location."""
-    from mlflow.exceptions import MlflowException
-
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = client.download_artifacts(champion.run_id, "checkpoints/latest", tmp)
-        except (MlflowException, OSError):
-            raise GantryError(f"champion v{champion.version}'s run {champion.run_id} has no artifact "
-                              f"checkpoints/latest to warm-start from") from None
+            local = download_checkpoint(client, champion.run_id, "checkpoints/latest", tmp)
+        except GantryError as e:
+            raise GantryError(f"cannot warm-start from champion v{champion.version}: {e}") from None
         weights, state, meta = load_checkpoint(local)
     return save_checkpoint(dest, meta["step"], weights, state, meta)
 

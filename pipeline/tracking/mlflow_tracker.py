@@ -73,12 +73,6 @@ class MLflowTracker(Tracker):
     ):
         from mlflow import MlflowClient
 
-        # This worker retries (and reconciles) by itself; MLflow's own HTTP retries would resend a
-        # half-delivered log_batch blindly and keep the worker waiting for minutes per call.
-        # MLflow reads these per request from the environment, so they apply process-wide.
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
         self.uri = store.resolve_uri(cfg.uri)
         self.client = MlflowClient(self.uri)
         self.backlog = cfg.backlog
@@ -88,16 +82,13 @@ class MLflowTracker(Tracker):
         self.close_timeout = close_timeout
         self.dropped = 0  # metric points dropped because the backlog was full
 
-        run = _with_retries(lambda: self._open_run(cfg.experiment, run_name or cfg.run_name, resume_run_id, tags), self.uri)
+        _http_settings.acquire()
+        try:
+            run = self._open_and_sync(cfg.experiment, run_name or cfg.run_name, resume_run_id, tags)
+        except BaseException:
+            _http_settings.release()
+            raise
         self.run_id = run.info.run_id
-        leftover = self.spool_dir / f"{self.run_id}.jsonl"
-        published = storage.join(spool_to, leftover.name) if spool_to else None
-        if leftover.exists():  # an earlier session of this run closed while the server was down
-            spool.sync(leftover, self.uri)
-            run = self.client.get_run(self.run_id)
-        if published and storage.exists(published):  # the same, on another node
-            spool.sync_url(published, self.uri)
-            run = self.client.get_run(self.run_id)
         steps = [m.step for m in run.data._metric_objs if not m.key.startswith(SYSTEM_PREFIX)]
         self.start_step = max(steps) + 1 if steps else 0
         # MLflow refuses to change a param: a resumed run keeps the values it started with (a
@@ -176,6 +167,7 @@ class MLflowTracker(Tracker):
             self._cond.notify()
         # Bounded: every failed upload checks the deadline, every successful one is progress.
         self._worker.join()
+        _http_settings.release()
         with self._cond:
             left, self._queue = list(self._queue), deque()
         if not left:
@@ -260,6 +252,19 @@ class MLflowTracker(Tracker):
 
     # ---- setup ----
 
+    def _open_and_sync(self, experiment: str, run_name: str | None, resume_run_id: str | None, tags):
+        """Open the run, upload what an earlier session of it left in a spool; returns the run."""
+        run = _with_retries(lambda: self._open_run(experiment, run_name, resume_run_id, tags), self.uri)
+        leftover = self.spool_dir / f"{run.info.run_id}.jsonl"
+        published = storage.join(self.spool_to, leftover.name) if self.spool_to else None
+        if leftover.exists():  # an earlier session of this run closed while the server was down
+            spool.sync(leftover, self.uri)
+            run = self.client.get_run(run.info.run_id)
+        if published and storage.exists(published):  # the same, on another node
+            spool.sync_url(published, self.uri)
+            run = self.client.get_run(run.info.run_id)
+        return run
+
     def _open_run(self, experiment: str, run_name: str | None, resume_run_id: str | None, tags):
         from mlflow.exceptions import MlflowException
 
@@ -285,6 +290,40 @@ class MLflowTracker(Tracker):
         monitor = SystemMetricsMonitor(self.run_id, resume_logging=resumed, tracking_uri=self.uri)
         monitor.start()
         return monitor
+
+
+class _HttpSettings:
+    """This worker retries (and reconciles) by itself; MLflow's own HTTP retries would resend a
+    half-delivered log_batch blindly and keep the worker waiting for minutes per call. MLflow
+    reads these settings per request from the environment, so they are process-wide: they hold
+    while any tracker is open and are put back after the last one closes, so that later MLflow
+    calls in the process (a registry download after training) keep MLflow's own retries."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: dict[str, str | None] = {}
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+                os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")  # a timeout the user set stands
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                for k, v in self._saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+
+
+_http_settings = _HttpSettings()
 
 
 def _with_retries(fn, uri: str, timeout: float = 15.0):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,6 +29,10 @@ def test_register_champion_and_sample_it(tmp_path):
     runs = json.loads(r.stdout)
     assert len(runs) == 1 and runs[0]["name"] == "toy-ring" and runs[0]["status"] == "FINISHED"
     run_id = runs[0]["run_id"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    bare = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id  # logged no checkpoint
+    r = gantry("register", bare, "--name", "ring", cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip() == f"gantry: run {bare} has no checkpoint artifact 'checkpoints/latest'"
     r = gantry("register", run_id, "--name", "ring", "--alias", "champion", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "champion.npy"

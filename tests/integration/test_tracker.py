@@ -18,16 +18,6 @@ from pipeline.tracking.sender import Sender
 pytestmark = pytest.mark.slow  # a real server: ~15 s to start, ~10 s per restart on 2 cores
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_env():
-    # The tracker sets MLflow's HTTP retry settings process-wide; keep them out of other tests.
-    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_HTTP_")}
-    yield
-    for k in [k for k in os.environ if k.startswith("MLFLOW_HTTP_")]:
-        del os.environ[k]
-    os.environ.update(saved)
-
-
 def make_tracker(server, tmp_path, name, **kw):
     kw.setdefault("flush_interval", 0.2)
     kw.setdefault("system_metrics", False)
@@ -183,8 +173,23 @@ def test_resume_continues_the_same_run(mlflow_server, tmp_path, caplog):
     assert any("step 24" in r.getMessage() for r in caplog.records)
 
 
-def test_resume_of_unknown_run_is_a_clear_error(mlflow_server, tmp_path):
+def test_resume_of_unknown_run_is_a_clear_error(mlflow_server, tmp_path, monkeypatch):
     from pipeline.errors import GantryError
 
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
     with pytest.raises(GantryError, match="cannot resume MLflow run 'nope'"):
         make_tracker(mlflow_server, tmp_path, "x", resume_run_id="nope")
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # a tracker that never opened puts it back
+
+
+def test_http_settings_hold_while_a_tracker_is_open(mlflow_server, tmp_path, monkeypatch):
+    # The trackers' no-retry setting is process-wide; a registry download after training (same
+    # process, `gantry retrain`) failed a whole checkpoint on one slow file while it leaked.
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "33")
+    a, b = make_tracker(mlflow_server, tmp_path, "a"), make_tracker(mlflow_server, tmp_path, "b")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "33"
+    a.close()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"  # b still uploads on its own terms
+    b.close()
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "33"
