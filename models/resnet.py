@@ -1,11 +1,12 @@
-"""ResNet generator/discriminator with spectral norm for 32x32 (Miyato et al. 2018, SNGAN);
+"""ResNet generator/discriminator for 32x32 (Miyato et al. 2018, SNGAN), spectral norm on D's
+layers unless `spectral_norm=False` (R1/R2 alone then keep D smooth, as in R3GAN);
 `classes > 0` makes the class-conditional pair (models/conditional.py)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrizations
 
 from models.conditional import LabelEmbedding, Projection
 
@@ -24,13 +25,17 @@ class _GBlock(nn.Module):
         return h + self.skip(F.interpolate(x, scale_factor=2))
 
 
+def _maybe_sn(module: nn.Module, on: bool) -> nn.Module:
+    return parametrizations.spectral_norm(module) if on else module
+
+
 class _DBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, down: bool, first: bool):
+    def __init__(self, c_in: int, c_out: int, down: bool, first: bool, sn: bool):
         super().__init__()
         self.first, self.down = first, down
-        self.conv1 = spectral_norm(nn.Conv2d(c_in, c_out, 3, 1, 1))
-        self.conv2 = spectral_norm(nn.Conv2d(c_out, c_out, 3, 1, 1))
-        self.skip = spectral_norm(nn.Conv2d(c_in, c_out, 1))
+        self.conv1 = _maybe_sn(nn.Conv2d(c_in, c_out, 3, 1, 1), sn)
+        self.conv2 = _maybe_sn(nn.Conv2d(c_out, c_out, 3, 1, 1), sn)
+        self.skip = _maybe_sn(nn.Conv2d(c_in, c_out, 1), sn)
 
     def forward(self, x):
         h = x if self.first else F.relu(x)
@@ -65,17 +70,18 @@ class ResNetDiscriminator(nn.Module):
     """images (B, channels, 32, 32) [, labels (B,)] -> logits (B,); conditional: a projection
     on the pooled features."""
 
-    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 128, classes: int = 0):
+    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 128, classes: int = 0,
+                 spectral_norm: bool = True):
         super().__init__()
         if resolution != 32:
             raise ValueError(f"the ResNet pair is built for 32x32, got {resolution}")
         self.blocks = nn.Sequential(
-            _DBlock(channels, width, down=True, first=True),
-            _DBlock(width, width, down=True, first=False),
-            _DBlock(width, width, down=False, first=False),
-            _DBlock(width, width, down=False, first=False),
+            _DBlock(channels, width, down=True, first=True, sn=spectral_norm),
+            _DBlock(width, width, down=True, first=False, sn=spectral_norm),
+            _DBlock(width, width, down=False, first=False, sn=spectral_norm),
+            _DBlock(width, width, down=False, first=False, sn=spectral_norm),
         )
-        self.fc = spectral_norm(nn.Linear(width, 1))
+        self.fc = _maybe_sn(nn.Linear(width, 1), spectral_norm)
         self.project = Projection(classes, width) if classes else None
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:

@@ -39,6 +39,8 @@ class ModelConfig(Section):
     depth: int = Field(3, gt=0, description="hidden layers of the mlp pair")
     w_dim: int = Field(256, gt=0, description="stylegan2 intermediate latent size")
     mapping_layers: int = Field(4, gt=0, description="stylegan2 mapping network depth")
+    d_spectral_norm: bool = Field(True, description="resnet: spectral norm on D's layers (SNGAN); off, R1/R2 "
+                                                     "alone keep D smooth")
     conditional: bool = Field(False, description="G draws a chosen class, D is a projection discriminator")
     classes: int = Field(0, ge=0, description="class count of a conditional run; set from the data at start-up")
     dropout: float = Field(0.5, ge=0, lt=1, description="pix2pix: dropout of the U-Net's innermost decoder blocks")

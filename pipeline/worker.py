@@ -122,7 +122,7 @@ def build_networks(cfg: RunConfig, channels: int) -> tuple[torch.nn.Module, torc
     if m.arch == "resnet":
         from models.resnet import ResNetDiscriminator, ResNetGenerator
         return (ResNetGenerator(m.z_dim, m.resolution, channels, m.g_width, classes=k),
-                ResNetDiscriminator(m.resolution, channels, m.d_width, classes=k))
+                ResNetDiscriminator(m.resolution, channels, m.d_width, classes=k, spectral_norm=m.d_spectral_norm))
     if m.arch == "stylegan2":
         from models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
         return (StyleGAN2Generator(m.z_dim, m.w_dim, m.resolution, channels, m.g_width, m.mapping_layers,
