@@ -49,9 +49,9 @@ def test_generator_draws_the_class_it_is_given(arch):
     for a in range(K):
         for b in range(a + 1, K):
             assert (out[a] - out[b]).abs().max() > 1e-4, (a, b)
-    # no labels: the classes in turn
+    # no labels: the classes in turn (close, not bitwise: oneDNN may pick another kernel per call)
     with torch.no_grad():
-        assert torch.equal(G(z), out)
+        torch.testing.assert_close(G(z), out)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
