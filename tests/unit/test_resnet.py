@@ -57,13 +57,14 @@ def test_blocks_compute_the_published_block_and_its_gradients(block):
         first, down = block.startswith("d-first"), "down" in block
         b = _DBlock(1 if first else 6, 5, down=down, first=first, sn=block.endswith("sn"))
         ref, x = sngan_d_block, torch.randn(3, 1 if first else 6, 16, 16)
-    b.eval()  # fixed batch-norm statistics and spectral-norm vectors: both calls see the same function
-    x.requires_grad_(True)
+    # eval: fixed batch-norm statistics and spectral-norm vectors, so both calls see the same function;
+    # float64: the two orders sum differently, and fp32 leaves 1e-5 of noise in a bias's gradient
+    b, x = b.double().eval(), x.double().requires_grad_(True)
     params = [x, *b.parameters()]
     ours, theirs = b(x), ref(b, x)
     assert ours.shape == theirs.shape
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
     w = torch.randn_like(ours)  # a generic cotangent: every output position weighs differently
     for g_ours, g_theirs in zip(torch.autograd.grad((ours * w).sum(), params),
                                 torch.autograd.grad((theirs * w).sum(), params)):
-        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-9, atol=1e-9)
