@@ -8,20 +8,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from models.conditional import LabelEmbedding, Projection
+from models.conditional import ClassBatchNorm2d, Projection, labels_for
 
 
 class _GBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int):
+    """Conditional (`classes > 0`): both batch norms take their gain and bias from the label."""
+
+    def __init__(self, c_in: int, c_out: int, classes: int = 0):
         super().__init__()
-        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        norm = (lambda ch: ClassBatchNorm2d(classes, ch)) if classes else nn.BatchNorm2d
+        self.bn1, self.bn2 = norm(c_in), norm(c_out)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
         self.skip = nn.Conv2d(c_in, c_out, 1)
 
-    def forward(self, x):
-        h = F.interpolate(F.relu(self.bn1(x)), scale_factor=2)
-        h = self.conv2(F.relu(self.bn2(self.conv1(h))))
+    def forward(self, x, labels=None):
+        def bn(norm, h):
+            return norm(h) if labels is None else norm(h, labels)
+
+        h = F.interpolate(F.relu(bn(self.bn1, x)), scale_factor=2)
+        h = self.conv2(F.relu(bn(self.bn2, self.conv1(h))))
         # upsampling commutes with the 1x1 skip: after it, the skip convolves a quarter of the positions
         return h + F.interpolate(self.skip(x), scale_factor=2)
 
@@ -33,9 +39,8 @@ class _GBlock(nn.Module):
 _POOLED_TAPS = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]]) / 2
 
 
-def _conv3x3_avgpool(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    m = _POOLED_TAPS.to(conv.weight)
-    return F.conv2d(x, torch.einsum("ik,ockl,jl->ocij", m, conv.weight, m), conv.bias, stride=2, padding=1)
+def _conv3x3_avgpool(x: torch.Tensor, conv: nn.Conv2d, taps: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, torch.einsum("ik,ockl,jl->ocij", taps, conv.weight, taps), conv.bias, stride=2, padding=1)
 
 
 def _maybe_sn(module: nn.Module, on: bool) -> nn.Module:
@@ -49,33 +54,38 @@ class _DBlock(nn.Module):
         self.conv1 = _maybe_sn(nn.Conv2d(c_in, c_out, 3, 1, 1), sn)
         self.conv2 = _maybe_sn(nn.Conv2d(c_out, c_out, 3, 1, 1), sn)
         self.skip = _maybe_sn(nn.Conv2d(c_in, c_out, 1), sn)
+        # a buffer, so it moves with the module: no host-to-device copy per call; not in checkpoints
+        self.register_buffer("taps", _POOLED_TAPS.clone(), persistent=False)
 
     def forward(self, x):
         h = F.relu(self.conv1(x if self.first else F.relu(x)))
         if not self.down:
             return self.conv2(h) + self.skip(x)
         # pooling commutes with the 1x1 skip: pooled first, it convolves a quarter of the positions
-        return _conv3x3_avgpool(h, self.conv2) + self.skip(F.avg_pool2d(x, 2))
+        return _conv3x3_avgpool(h, self.conv2, self.taps) + self.skip(F.avg_pool2d(x, 2))
 
 
 class ResNetGenerator(nn.Module):
-    """z (B, z_dim) [, labels (B,)] -> images (B, channels, 32, 32) in [-1, 1]. A label's
-    embedding is concatenated with z."""
+    """z (B, z_dim) [, labels (B,)] -> images (B, channels, 32, 32) in [-1, 1]. Conditional: the
+    blocks' batch norms take their gain and bias from the label (SNGAN's conditional G). A label
+    embedding concatenated with z drew one image per class here too (models/dcgan.py): MNIST,
+    relativistic pairing with R1 + R2, 240 kimg."""
 
     def __init__(self, z_dim: int, resolution: int = 32, channels: int = 3, width: int = 128, classes: int = 0):
         super().__init__()
         if resolution != 32:
             raise ValueError(f"the ResNet pair is built for 32x32, got {resolution}")
-        self.z_dim, self.width = z_dim, width
-        self.fc = nn.Linear(z_dim * (2 if classes else 1), 4 * 4 * width)
-        self.blocks = nn.Sequential(*[_GBlock(width, width) for _ in range(3)])
+        self.z_dim, self.width, self.classes = z_dim, width, classes
+        self.fc = nn.Linear(z_dim, 4 * 4 * width)
+        self.blocks = nn.ModuleList([_GBlock(width, width, classes) for _ in range(3)])
         self.out = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
-        self.embed = LabelEmbedding(classes, z_dim) if classes else None
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        if self.embed is not None:
-            z = torch.cat([z, self.embed(c, z)], 1)
-        return self.out(self.blocks(self.fc(z).view(-1, self.width, 4, 4)))
+        labels = labels_for(c, z, self.classes) if self.classes else None
+        h = self.fc(z).view(-1, self.width, 4, 4)
+        for block in self.blocks:
+            h = block(h, labels)
+        return self.out(h)
 
 
 class ResNetDiscriminator(nn.Module):

@@ -124,6 +124,21 @@ def resolve_checkpoint(spec: str, root: str) -> str:
     return spec
 
 
+def load_into(net: torch.nn.Module, weights: dict[str, torch.Tensor], path: str, name: str) -> None:
+    """net.load_state_dict(weights), where weights that another architecture (or another version
+    of this one) wrote are one line naming what does not fit."""
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError:
+        own = net.state_dict()
+        missing, unexpected = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
+        reshaped = sorted(k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape)
+        wrong = [f"{len(keys)} {what} (first {keys[0]})" for keys, what in
+                 ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if keys]
+        raise GantryError(f"{path}: its {name} weights do not fit the network its config builds: "
+                          f"{', '.join(wrong)}; were they written by another version of gantry's models?") from None
+
+
 def load_generator(path: str):
     """-> (G_ema in eval mode, resolved RunConfig) from a checkpoint or a checkpoints folder."""
     from pipeline.config import from_dict
@@ -133,7 +148,7 @@ def load_generator(path: str):
     meta = read_meta(path)
     cfg = from_dict(meta["config"], f"{path}/{META}")
     G, _ = build_networks(cfg, meta.get("channels", 2))
-    G.load_state_dict(load_safetensors(storage.read_bytes(storage.join(path, "G_ema.safetensors"))))
+    load_into(G, load_safetensors(storage.read_bytes(storage.join(path, "G_ema.safetensors"))), path, "G_ema")
     return G.eval(), cfg
 
 

@@ -47,7 +47,7 @@ class Trainer:
         self.cfg, self.strategy, self.G_ema, self.phases = cfg, strategy, G_ema, phases
         self.stream, self.precision, self.augment, self.tracker = stream, precision, augment, tracker
         self.evaluator, self.health, self.run_dir, self.channels = evaluator, health, run_dir, channels
-        self.probe = Probe(tuple(t.to(strategy.device) for t in probe.inputs), probe.real_diversity)
+        self.probe = probe._replace(inputs=tuple(t.to(strategy.device) for t in probe.inputs))
         self.on_checkpoint = on_checkpoint
         self.device = strategy.device
         self.local_batch = cfg.rank_batch(strategy.world_size)
@@ -193,7 +193,7 @@ class Trainer:
         if self.health:
             with torch.no_grad():
                 out = self.G_ema(*self.probe.inputs)
-            decision = self.health.check_diversity(self.step, out, self.probe.real_diversity)
+            decision = self.health.check_diversity(self.step, out, self.probe.real_diversity, self.probe.labels)
             readings = {"diversity": self.health.last_diversity, "real_diversity": self.probe.real_diversity}
             self.tracker.log_metrics({k: v for k, v in readings.items() if v is not None}, self.step)
         # rank 0's scores on every rank: the health decision below must be the same everywhere
@@ -298,9 +298,8 @@ class Trainer:
 
     def load(self, path: str) -> None:
         weights, state, meta = checkpoint.load_checkpoint(path)
-        self.strategy.module("G").load_state_dict(weights["G"])
-        self.strategy.module("D").load_state_dict(weights["D"])
-        self.G_ema.load_state_dict(weights["G_ema"])
+        for name, net in (("G", self.strategy.module("G")), ("D", self.strategy.module("D")), ("G_ema", self.G_ema)):
+            checkpoint.load_into(net, weights[name], path, name)
         self.strategy.load_state_dict(state["strategy"])
         # This rank's entry; a run resumed with more workers gives the new ranks rank 0's.
         mine = self.strategy.rank if self.strategy.rank < len(state["data"]) else 0

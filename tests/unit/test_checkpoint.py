@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from pipeline.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, load_generator, load_into,
+                                 resolve_checkpoint, save_checkpoint)
+from pipeline.config import from_dict
 from pipeline.errors import GantryError
+from pipeline.worker import build_networks
 
 
 def _weights(value: float, n: int = 4):
@@ -54,6 +57,28 @@ big = {"w": torch.randn(64 * 1024 * 1024 // 4)}   # 64 MB per network: a save ta
 for step in range(1, 100):
     save_checkpoint(root, step, {"G": big, "D": big, "G_ema": big}, {"step": step}, {"step": step}, keep=2)
 """
+
+
+def test_weights_another_architecture_wrote_are_one_line_errors(tmp_path):
+    """A checkpoint is read by the models of the code that reads it: weights they no longer fit
+    (a model changed between versions) say what does not fit instead of a state-dict dump."""
+    def resnet(width):
+        cfg = from_dict({"model": {"arch": "resnet", "resolution": 32, "z_dim": 8, "g_width": width, "d_width": 8},
+                         "data": {"source": "shards", "path": "shards/"}})
+        return cfg, build_networks(cfg, channels=1)
+    cfg, (G, D) = resnet(8)
+    _, (wider, _) = resnet(16)
+    weights = {"G": G.state_dict(), "D": D.state_dict(), "G_ema": wider.state_dict()}
+    path = save_checkpoint(tmp_path, 1, weights, {}, {"step": 1, "channels": 1, "config": cfg.model_dump(mode="json")})
+    with pytest.raises(GantryError, match=r"ckpt-000000001: its G_ema weights do not fit the network its config "
+                                          r"builds: \d+ of another shape \(first blocks\.0\.bn1\.bias\)") as e:
+        load_generator(path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(GantryError, match=r"1 missing \(first fc.bias\), 1 unexpected \(first fc.b\)"):
+        load_into(G, {("fc.b" if k == "fc.bias" else k): v for k, v in G.state_dict().items()}, "here", "G")
+    _, (other, _) = resnet(8)
+    load_into(other, weights["G"], path, "G")  # weights that fit load as before
+    assert torch.equal(other.fc.weight, G.fc.weight)
 
 
 def test_kill_mid_write_leaves_previous_checkpoint_loadable(tmp_path):
