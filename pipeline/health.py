@@ -53,15 +53,25 @@ OK = Decision("ok")
 
 class Probe(NamedTuple):
     """What the diversity readings compare: G's fixed inputs, and the diversity of as many real
-    samples in the same space (None where unknown)."""
+    samples in the same space (None where unknown). A conditional G's `labels` are the classes
+    it is asked for, and both diversities are then read within classes: images of different
+    classes differ anyway, so across classes a G that draws one image per class reads as
+    diverse (seen: MNIST, 43.5 real against 41.0 in classifier features at FID 543)."""
     inputs: tuple[torch.Tensor, ...]
     real_diversity: float | None = None
+    labels: torch.Tensor | None = None
 
 
-def diversity(features: torch.Tensor) -> float:
-    """Mean pairwise Euclidean distance of (N, D) features (images are flattened)."""
+def diversity(features: torch.Tensor, labels: torch.Tensor | None = None) -> float:
+    """Mean pairwise Euclidean distance of (N, D) features (images are flattened); with labels
+    (N,), the mean over classes of that distance among the samples of each class (classes with
+    one sample have none and are left out)."""
     f = features.detach().float().flatten(1)
-    return torch.pdist(f).mean().item()
+    if labels is None:
+        return torch.pdist(f).mean().item()
+    labels = labels.to(f.device)
+    within = [torch.pdist(f[labels == k]).mean() for k in labels.unique() if (labels == k).sum() > 1]
+    return torch.stack(within).mean().item()
 
 
 class HealthMonitor:
@@ -124,14 +134,16 @@ class HealthMonitor:
                                            f"{g_early:.3g} -> {g_late:.3g} over {self.window} reports")
         return OK
 
-    def check_diversity(self, step: int, features: torch.Tensor, real_diversity: float | None = None) -> Decision:
+    def check_diversity(self, step: int, features: torch.Tensor, real_diversity: float | None = None,
+                        labels: torch.Tensor | None = None) -> Decision:
         """Features (N, D) of G's images for the same fixed inputs every time, and the same
-        measure on as many real samples. The baseline rule compares a reading with the run's
+        measure on as many real samples; `labels`: the classes a conditional G was asked for,
+        read within classes (see Probe). The baseline rule compares a reading with the run's
         own first ones, so it cannot see a G that collapsed before them; the real-data rule
         (real_ratio > 0) can, from the first readings."""
         if not torch.isfinite(features).all():
             return self._act("divergence", f"step {step}: non-finite generator output")
-        value = self.last_diversity = diversity(features)
+        value = self.last_diversity = diversity(features, labels)
         if real_diversity:
             against_real = self.check_real(step, value, real_diversity, "pixels")
             if not against_real.ok:

@@ -198,7 +198,8 @@ def health_probe(cfg: RunConfig, stream) -> Probe:
     """G's inputs for the health monitor's diversity readings, the same at every reading and on
     every rank (fixed latents, or for translation the first held-out inputs A), and the
     diversity of as many real samples: the first ones of the shards (reading only the shards
-    that hold them), or toy points from a fixed seed. Without health checks, nothing is read."""
+    that hold them), or toy points from a fixed seed; a conditional G is asked for its classes
+    in turn and read within classes (health.Probe). Without health checks, nothing is read."""
     if not cfg.health.enabled:
         return Probe(())
     n = cfg.health.diversity_samples
@@ -212,7 +213,11 @@ def health_probe(cfg: RunConfig, stream) -> Probe:
     if cfg.is_translation:
         a, b, _ = read_pairs(m, n, heldout=bool(m.heldout), head=True)
         return Probe((a,), diversity(b))
-    return Probe((z,), diversity(read_real(m, n, head=True)[0]))
+    real, labels = read_real(m, n, head=True)
+    if not cfg.model.conditional:
+        return Probe((z,), diversity(real))
+    c = torch.arange(n) % cfg.model.classes
+    return Probe((z, c), diversity(real, labels), c)
 
 
 def run_tags(cfg: RunConfig, stream, strategy: Strategy, precision) -> dict[str, str]:

@@ -9,13 +9,15 @@ import torch
 from models.augment import Augment
 from pipeline.config import ConfigError, from_dict
 from pipeline.evaluation import no_evaluation
-from pipeline.health import Probe
+from pipeline.health import Probe, diversity
+from pipeline.metrics.image_eval import read_real
 from pipeline.phases import build_phases
 from pipeline.precision import choose_precision
 from pipeline.strategy.single import SingleStrategy
 from pipeline.tracking import Tracker
 from pipeline.trainer import Trainer
-from pipeline.worker import build_networks, make_networks, with_classes
+from pipeline.worker import build_networks, health_probe, make_networks, make_stream, with_classes
+from shard_helpers import build_indexed
 
 K = 4
 IMAGES = {"source": "shards", "path": "shards/"}
@@ -129,3 +131,19 @@ def test_every_image_family_trains_its_label_parts_with_r1_augmentation_and_ema(
     for (n, k), before in label_parts.items():
         after = nets[n].state_dict()[k]
         assert torch.isfinite(after).all() and not torch.equal(after, before), (n, k)
+
+
+def test_health_probe_asks_a_conditional_g_for_its_classes_and_reads_the_data_within_classes(tmp_path):
+    shards = build_indexed(tmp_path)  # labels 0, 1, 2 in turn
+    cfg = from_dict({"model": {"arch": "dcgan", "resolution": 8, "conditional": True},
+                     "health": {"diversity_samples": 30}, "data": {"source": "shards", "path": str(shards)}})
+    stream = make_stream(cfg, 0, 1)
+    cfg = with_classes(cfg, stream.class_names, str(shards))
+    probe = health_probe(cfg, stream)
+    z, c = probe.inputs
+    assert z.shape == (30, cfg.model.z_dim) and torch.equal(c, torch.arange(30) % 3) and probe.labels is c
+    real, labels = read_real(stream.manifest, 30, head=True)
+    assert probe.real_diversity == pytest.approx(diversity(real, labels))
+    unconditional = health_probe(from_dict({**cfg.model_dump(mode="json"), "model": {"arch": "dcgan", "resolution": 8}}), stream)
+    assert len(unconditional.inputs) == 1 and unconditional.labels is None
+    assert unconditional.real_diversity == pytest.approx(diversity(real))

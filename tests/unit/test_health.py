@@ -196,3 +196,26 @@ def test_diversity_in_an_evaluations_feature_space_is_judged_against_the_real_da
     assert low.problem == "mode_collapse" and "(classifier features)" in low.reason and "10" in low.reason
     assert mon.check_real(5, 6.0, 10.0, "classifier features").ok
     assert HealthMonitor(policy="warn").check_real(6, 0.1, 10.0, "classifier features").ok   # off at ratio 0
+
+
+def test_a_conditional_generator_drawing_one_image_per_class_is_flagged_within_classes():
+    """Across classes, one image per class is as far apart as the data; within a class the
+    collapse shows."""
+    g = torch.Generator().manual_seed(5)
+    labels = torch.arange(60) % 10
+    centers = 3 * torch.randn(10, 16, generator=g)
+    real = centers[labels] + torch.randn(60, 16, generator=g)
+    one_per_class = centers[labels] + 0.01 * torch.randn(60, 16, generator=g)
+    assert diversity(one_per_class) > 0.9 * diversity(real)
+    assert diversity(one_per_class, labels) < 0.05 * diversity(real, labels)
+    assert diversity(real, labels) == pytest.approx(torch.pdist(real[labels == 0]).mean().item(), rel=0.3)
+    across = HealthMonitor(policy="warn", real_ratio=0.3, real_patience=1)
+    assert across.check_diversity(0, one_per_class, diversity(real)).ok
+    within = HealthMonitor(policy="warn", real_ratio=0.3, real_patience=1)
+    dec = within.check_diversity(0, one_per_class, diversity(real, labels), labels)
+    assert dec.problem == "mode_collapse" and within.last_diversity == pytest.approx(diversity(one_per_class, labels))
+    healthy = HealthMonitor(policy="warn", real_ratio=0.3, real_patience=1)
+    fresh = centers[labels] + torch.randn(60, 16, generator=g)
+    assert healthy.check_diversity(0, fresh, diversity(real, labels), labels).ok
+    # a class with a single sample has no pairs: it is left out, not a NaN
+    assert math.isfinite(diversity(real[:11], labels[:11]))
