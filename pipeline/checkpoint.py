@@ -135,6 +135,8 @@ def load_into(net: torch.nn.Module, weights: dict[str, torch.Tensor], path: str,
         reshaped = sorted(k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape)
         wrong = [f"{len(keys)} {what} (first {keys[0]})" for keys, what in
                  ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if keys]
+        if not wrong:
+            raise
         raise GantryError(f"{path}: its {name} weights do not fit the network its config builds: "
                           f"{', '.join(wrong)}; were they written by another version of gantry's models?") from None
 

@@ -203,6 +203,8 @@ def health_probe(cfg: RunConfig, stream) -> Probe:
     if not cfg.health.enabled:
         return Probe(())
     n = cfg.health.diversity_samples
+    if cfg.model.conditional:  # read within classes, which needs pairs: two latents per class at least
+        n = max(n, 2 * cfg.model.classes)
     z = torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 777))
     if cfg.is_toy:
         d = cfg.data

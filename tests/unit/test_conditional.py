@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.augment import Augment
-from pipeline.config import ConfigError, from_dict
+from pipeline.config import ConfigError, from_dict, with_overrides
 from pipeline.evaluation import no_evaluation
 from pipeline.health import Probe, diversity
 from pipeline.metrics.image_eval import read_real
@@ -147,3 +147,6 @@ def test_health_probe_asks_a_conditional_g_for_its_classes_and_reads_the_data_wi
     unconditional = health_probe(from_dict({**cfg.model_dump(mode="json"), "model": {"arch": "dcgan", "resolution": 8}}), stream)
     assert len(unconditional.inputs) == 1 and unconditional.labels is None
     assert unconditional.real_diversity == pytest.approx(diversity(real))
+    # fewer latents than two per class would leave classes without pairs: the probe takes two each
+    few = health_probe(with_overrides(cfg, ["health.diversity_samples=4"], "test"), stream)
+    assert torch.equal(few.labels, torch.arange(6) % 3) and few.inputs[0].shape == (6, cfg.model.z_dim)
