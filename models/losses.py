@@ -44,6 +44,20 @@ def g_loss(kind: str, fake_logits: torch.Tensor, real_logits: torch.Tensor | Non
     raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
 
 
+def best_of(loss: torch.Tensor, share: float) -> torch.Tensor:
+    """Top-k training (Sinha et al. 2020): G learns from the `share` of its batch that D rates
+    best, the samples of lowest G loss; the others' losses become 0 and the kept ones are scaled
+    by B/k, so the batch mean is the mean over the kept. A share that keeps every sample returns
+    `loss` itself."""
+    n = loss.shape[0]
+    k = max(1, round(share * n))
+    if k >= n:
+        return loss
+    keep = torch.zeros_like(loss)
+    keep[loss.detach().topk(k, largest=False).indices] = n / k
+    return loss * keep
+
+
 def fp32_forward(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (x as an fp32 leaf that requires grad, D(x) in fp32 outside autocast). fp32 on purpose:
     squared gradient norms underflow and overflow in half precision."""

@@ -64,6 +64,9 @@ class LossConfig(Section):
                                                   "(in D's main step where the run is fp32)")
     gamma_end: float = Field(1.0, ge=0, description="R1 and R2 weights at the end of train.ramp_kimg, as a share "
                                                     "of r1_gamma and r2_gamma (cosine ramp); 1 keeps them constant")
+    g_topk: float = Field(1.0, gt=0, le=1, description="top-k training: the share of each batch's fakes G learns "
+                                                    "from at the end of train.ramp_kimg, those D rates best "
+                                                    "(cosine ramp from 1); 1 keeps every fake")
     gp_weight: float = Field(10.0, ge=0, description="gradient penalty weight for wgan-gp")
     l1_weight: float = Field(100.0, ge=0, description="pix2pix: weight of the L1 distance of G(A) to B")
     adv_weight: float = Field(1.0, ge=0, description="pix2pix: weight of G's adversarial term; 0 trains "

@@ -13,7 +13,7 @@ from typing import Callable, Literal
 import torch
 
 from models.augment import Augment
-from models.losses import d_loss, g_loss, grad_penalty, gradient_penalty, r1_penalty
+from models.losses import best_of, d_loss, g_loss, grad_penalty, gradient_penalty, r1_penalty
 from pipeline.config import RunConfig
 from pipeline.precision import Precision
 from pipeline.schedules import cosine
@@ -130,8 +130,10 @@ def _logit_stats(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> Stats:
 def generation_phases(cfg: RunConfig, augment: Augment, precision: Precision,
                       reduce: Callable[[torch.Tensor], torch.Tensor]) -> list[Phase]:
     """G draws from noise: D's phases, then G main on new latents (rpgan also reads D on the
-    real batch D main saw, which the new latents keep). `reduce` averages a statistic over
-    ranks (ADA's overfitting signal must agree everywhere)."""
+    real batch D main saw, which the new latents keep). G learns from the share of its fakes
+    that D rates best, falling from all of them to `loss.g_topk` along the run's cosine ramp
+    (top-k training; early on every fake is bad and all must teach). `reduce` averages a
+    statistic over ranks (ADA's overfitting signal must agree everywhere)."""
     kind, global_batch = cfg.loss.kind, cfg.train.batch
 
     def make_fake(G, batch):
@@ -149,7 +151,8 @@ def generation_phases(cfg: RunConfig, augment: Augment, precision: Precision,
         with precision.autocast():
             fake_logits = D(augment(G(batch.z, batch.c_z)), batch.c_z)
             real_logits = D(augment(batch.real), batch.c) if kind == "rpgan" else None
-        return g_loss(kind, fake_logits, real_logits), {}
+        share = cosine(1.0, cfg.loss.g_topk, batch.kimg, cfg.ramp_kimg)
+        return best_of(g_loss(kind, fake_logits, real_logits), share), {}
 
     return _d_phases(cfg, precision, make_fake, judge, penalty_D) + [
         Phase("G_main", "G", 1, 1, 1.0, "latents", g_main)]

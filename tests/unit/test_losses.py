@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from models.losses import d_loss, g_loss, gradient_penalty, r1_penalty
+from models.losses import best_of, d_loss, g_loss, gradient_penalty, r1_penalty
 
 REAL = torch.tensor([2.0, -1.0, 0.0])
 FAKE = torch.tensor([-3.0, 0.5, 1.0])
@@ -78,3 +78,14 @@ def test_gradient_penalty_zero_for_unit_slope_linear_d():
     torch.testing.assert_close(gp, torch.zeros(5), atol=1e-6, rtol=0)
     D2 = lambda x: x @ torch.tensor([3.0, 4.0])  # |grad| = 5 -> (5-1)^2
     torch.testing.assert_close(gradient_penalty(D2, torch.randn(5, 2), torch.randn(5, 2)), torch.full((5,), 16.0))
+
+
+def test_best_of_keeps_the_lowest_losses_and_their_mean():
+    loss = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.2], requires_grad=True)
+    kept = best_of(loss, 0.5)
+    torch.testing.assert_close(kept.detach(), torch.tensor([0.0, 0.2, 0.0, 0.6, 0.0, 0.4]))
+    torch.testing.assert_close(kept.mean(), torch.tensor(0.2))   # mean of 0.1, 0.3, 0.2
+    kept.mean().backward()
+    torch.testing.assert_close(loss.grad, torch.tensor([0.0, 1, 0, 1, 0, 1]) / 3)
+    assert best_of(loss, 1.0) is loss
+    assert best_of(loss, 0.01).detach().count_nonzero() == 1   # never fewer than one

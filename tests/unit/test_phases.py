@@ -87,3 +87,15 @@ def test_rpgan_phases_pair_reals_with_fakes_for_d_and_for_g():
 def test_lazy_r2_is_scaled_by_its_interval():
     phases, *_ = _toy(r2_gamma=1.0, r1_interval=8)
     assert [(p.name, p.interval, p.gain) for p in phases] == [("D_main", 1, 1.0), ("D_r2", 8, 8.0), ("G_main", 1, 1.0)]
+
+
+def test_g_learns_from_its_best_fakes_along_the_topk_ramp():
+    phases, G, D, batch = _toy(ramp_kimg=100.0, g_topk=0.25)
+    every = torch.nn.functional.softplus(D(batch.real) - D(G(batch.z)))
+    at_start, _ = phases[-1].loss(G, D, batch)
+    torch.testing.assert_close(at_start, every)   # from every fake
+    batch.kimg = 100.0
+    at_end, _ = phases[-1].loss(G, D, batch)
+    best = every.detach().sort().values[:2]   # a quarter of 8
+    torch.testing.assert_close(at_end.sum(), best.sum() * 4)
+    assert at_end.count_nonzero() == 2
