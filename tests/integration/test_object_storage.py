@@ -139,11 +139,15 @@ def test_bad_storage_is_one_line_at_start_up(s3, s3_checking_keys, tmp_path, cas
                     "unreachable endpoint": ("s3://any/runs", f"http://127.0.0.1:{free_port()}"),
                     "unknown scheme": ("ftp://host/runs", s3.url)}[case]
     os.environ["AWS_ENDPOINT_URL"] = env_url
+    # botocore's own five attempts with backoff take ~7 s a call against a closed port; gantry's
+    # retries, which the message names, are what is under test.
+    os.environ["AWS_MAX_ATTEMPTS"] = "1"
     try:
         r = gantry("train", str(REPO / "configs/toy-ring.yaml"), f"train.out_dir={out}", "tracking.enabled=false",
                    cwd=work)
     finally:
         os.environ["AWS_ENDPOINT_URL"] = s3.url
+        del os.environ["AWS_MAX_ATTEMPTS"]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == (2 if case == "unknown scheme" else 1), r.stderr
     assert len(lines) == 1 and out in lines[0], r.stderr
